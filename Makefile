@@ -1,0 +1,29 @@
+# Both targets create .venv with pip when it is missing, so a fresh clone needs nothing else.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision are pinned to the releases that lie on this machine's disk (see README).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/mlenv: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/mlenv
+
+demo: $(BIN)/mlenv
+	$(BIN)/mlenv demo
+
+test: $(BIN)/mlenv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/mlenv
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/trainer_overhead.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

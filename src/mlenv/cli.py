@@ -1,0 +1,211 @@
+"""The ``mlenv`` command: names in, objects out. Heavy modules are imported only by the command
+that needs them, so ``mlenv --help`` starts fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+USAGE = """usage: mlenv COMMAND [ARGS]
+
+commands:
+  train RECIPE [--flags]      train a recipe; every field is a flag (see `mlenv args RECIPE`)
+  train --config FILE         train from a resolved configuration file
+  train --resume-run RUN_DIR  continue a run from its folder's configuration and last checkpoint
+  test --weights CKPT         evaluate a checkpoint on its recipe's test split
+  args RECIPE [--flags]       print the fully resolved configuration as YAML (feed back: --config)
+  list models|datasets|recipes|trainers
+  demo [--flags]              train the digits MLP end to end and show where everything went
+
+`mlenv COMMAND --help` shows a command's flags."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    handlers = {
+        "train": cmd_train,
+        "args": cmd_args,
+        "list": cmd_list,
+        "demo": cmd_demo,
+        "test": cmd_test,
+    }
+    if command not in handlers:
+        print(
+            f"mlenv: error: unknown command {command!r}; commands: {', '.join(handlers)}",
+            file=sys.stderr,
+        )
+        return 2
+    from mlenv.errors import MlenvError
+    from mlenv.train.trainer import TrainingInterrupted
+
+    try:
+        return handlers[command](rest)
+    except TrainingInterrupted as exc:
+        print(f"mlenv: {exc}", file=sys.stderr)
+        return 130
+    except MlenvError as exc:
+        print(f"mlenv: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """Remove ``--name VALUE`` or ``--name=VALUE`` from argv."""
+    for i, token in enumerate(argv):
+        if token == name and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2 :]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+    return None, argv
+
+
+def _recipe_and_rest(argv: list[str], command: str) -> tuple[Any, list[str], dict[str, Any]]:
+    """The recipe named by the first argument, by ``--config FILE``'s ``recipe`` key, or by a
+    run folder's configuration (``--resume-run``)."""
+    import yaml
+
+    from mlenv.config import load_recipe
+    from mlenv.errors import ConfigError
+
+    base: dict[str, Any] = {}
+    if argv and not argv[0].startswith("-"):
+        return load_recipe(argv[0]), argv[1:], base
+    config_file, _ = _take_option(argv, "--config")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config: {path}: no such file")
+        values = yaml.safe_load(path.read_text()) or {}
+        if "recipe" not in values:
+            raise ConfigError(f"--config: {path} has no 'recipe' key; name the recipe first")
+        return load_recipe(values["recipe"]), argv, base
+    raise ConfigError(f"{command}: name a recipe (`mlenv list recipes`) or give --config FILE")
+
+
+def cmd_train(argv: list[str]) -> int:
+    from mlenv.config import resolve
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            "usage: mlenv train RECIPE [--flags] | --config FILE | --resume-run RUN_DIR\n"
+            "`mlenv train RECIPE --help` lists the recipe's flags."
+        )
+        return 0
+    resume_run, argv = _take_option(argv, "--resume-run")
+    run_dir = None
+    if resume_run:
+        recipe, base, run_dir = _resume_run(resume_run)
+        cfg = resolve(
+            recipe, [*argv, "--resume", str(run_dir / "checkpoints" / "last.pt")], base=base
+        )
+    else:
+        recipe, rest, base = _recipe_and_rest(argv, "train")
+        if "-h" in rest or "--help" in rest:
+            from mlenv.config import build_parser
+
+            build_parser(recipe, f"mlenv train {recipe.name}").print_help()
+            return 0
+        cfg = resolve(recipe, rest)
+    from mlenv.train.run import run_recipe
+
+    run_recipe(cfg, run_dir=run_dir)
+    return 0
+
+
+def _resume_run(run_dir_arg: str) -> tuple[Any, dict[str, Any], Path]:
+    import yaml
+
+    from mlenv.config import load_recipe
+    from mlenv.errors import ConfigError
+
+    run_dir = Path(run_dir_arg)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"--resume-run: {run_dir} is not a run folder (no config.yaml)")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise ConfigError(f"--resume-run: {run_dir} has no checkpoints/last.pt to resume from")
+    base = yaml.safe_load(config_file.read_text()) or {}
+    return load_recipe(base["recipe"]), base, run_dir
+
+
+def cmd_args(argv: list[str]) -> int:
+    from mlenv.config import build_parser, resolve
+
+    recipe, rest, _ = _recipe_and_rest(argv, "args")
+    if "-h" in rest or "--help" in rest:
+        build_parser(recipe, f"mlenv args {recipe.name}").print_help()
+        return 0
+    print(resolve(recipe, rest, prog="mlenv args").to_yaml(), end="")
+    return 0
+
+
+def cmd_list(argv: list[str]) -> int:
+    from mlenv.config import load_recipe, recipe_names
+    from mlenv.errors import ConfigError
+
+    what = argv[0] if argv else ""
+    if what == "recipes":
+        for name in recipe_names():
+            r = load_recipe(name)
+            print(f"{name:24s} {r.description}")
+        return 0
+    if what in ("models", "datasets", "trainers"):
+        from mlenv.data import DATASETS
+        from mlenv.models import MODELS
+        from mlenv.train.tasks import TRAINERS
+
+        registry = {"models": MODELS, "datasets": DATASETS, "trainers": TRAINERS}[what]
+        for name in registry.names():
+            print(f"{name:24s} {registry.describe(name)}")
+        return 0
+    raise ConfigError(f"list: accepts models, datasets, recipes or trainers, got {what!r}")
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from mlenv.config import load_recipe, resolve
+    from mlenv.train.run import run_recipe
+
+    cfg = resolve(load_recipe("digits-mlp"), ["--experiment", "demo", *argv], prog="mlenv demo")
+    print("mlenv demo: an MLP on scikit-learn's handwritten digits (1,797 8x8 images, 10 classes)")
+    result = run_recipe(cfg)
+    if result.run_dir is not None:
+        print(f"\nrun folder: {result.run_dir}")
+        print(f"loss curve: {result.summary['loss_curve']}")
+        print(f"TensorBoard: tensorboard --logdir {result.run_dir / 'tensorboard'}")
+    print(f"test accuracy: {result.summary['test_acc']:.4f}")
+    return 0
+
+
+def cmd_test(argv: list[str]) -> int:
+    """Evaluate a checkpoint on its recipe's test split (the split is rebuilt from its seed)."""
+    from mlenv.config import load_recipe, resolve
+    from mlenv.errors import ConfigError
+    from mlenv.track.report import format_summary
+    from mlenv.train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
+    from mlenv.train.run import build
+
+    weights, argv = _take_option(argv, "--weights")
+    if not weights:
+        raise ConfigError("test: give the checkpoint with --weights PATH|RUN_DIR")
+    path = resolve_checkpoint(weights, None)
+    state = load_checkpoint(path)
+    base = dict(state["config"])
+    recipe = load_recipe(base["recipe"])
+    cfg = resolve(recipe, ["--progress", "false", *argv], prog="mlenv test", base=base)
+    bundle, model, trainer_cls = build(cfg)
+    split = bundle.test if bundle.test is not None else bundle.val
+    trainer = trainer_cls(cfg.train, model)
+    trainer.setup(trainer.to_device(next(iter(trainer._batches(split, False)))), 1)
+    load_model_state(trainer.raw_model, state["model"], path)
+    trainer.load_extra_state(state.get("extra", {}))
+    metrics = trainer.evaluate(split, prefix="test" if bundle.test is not None else "val")
+    print(format_summary({"checkpoint": str(path), **metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,394 @@
+"""Typed run configuration: defaults < recipe file < ``--config`` file < command line.
+
+``TrainConfig`` holds what the Trainer needs and validates itself, so the Python API and the CLI give
+the same errors. A recipe (``recipes/*.yaml`` or a user's YAML file) names a trainer, a data set and a
+model by registry name and sets defaults for all three. On the command line every field is a flat
+``--flag``: trainer fields, the data set builder's arguments and the model builder's arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from mlenv.errors import ConfigError
+
+Precision = Literal["32", "bf16", "16"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal[
+    "constant", "cosine", "step", "exponential", "plateau", "onecycle", "linear"
+]
+
+
+@dataclass
+class TrainConfig:
+    """Everything the Trainer reads. Every field is validated on construction."""
+
+    # optimisation
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    optimizer: OptimizerName = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    grad_clip: float | None = None
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    accumulate: int = 1
+    # schedules
+    scheduler: SchedulerName = "constant"
+    warmup_epochs: int = 0
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.1
+    step_size: int = 10
+    gamma: float | None = None
+    min_lr: float = 0.0
+    plateau_patience: int = 2
+    plot_lr: bool = False
+    # execution
+    precision: Precision = "32"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    threads: int | None = None
+    # debugging
+    limit_batches: int | None = None
+    fast_dev_run: bool = False
+    overfit_batches: int | None = None
+    profile: bool = False
+    progress: bool = True
+    # checkpoints and stopping
+    save_every: int = 1
+    save_every_steps: int | None = None
+    save_top_k: int = 1
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    early_stopping: bool = False
+    patience: int = 5
+    min_delta: float = 0.0
+    resume: str | None = None
+    # runs
+    experiment: str | None = None
+    runs_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        for name, tp in TRAIN_TYPES.items():
+            _check_type(name, getattr(self, name), tp)
+        _positive(self, "epochs", "lr", "batch_size", "accumulate", "save_every", "step_size")
+        _positive(self, "grad_clip", "limit_batches", "overfit_batches", "threads")
+        _positive(self, "save_every_steps", "gamma", "warmup_start_factor", "plateau_patience")
+        _non_negative(self, "weight_decay", "momentum", "warmup_epochs", "warmup_steps")
+        _non_negative(self, "min_lr", "save_top_k", "patience", "min_delta")
+        if self.warmup_start_factor > 1:
+            raise ConfigError(
+                f"warmup_start_factor: accepts a number in (0, 1], got {self.warmup_start_factor}"
+            )
+        if self.warmup_epochs and self.warmup_steps:
+            raise ConfigError("warmup_epochs and warmup_steps: give one of them, not both")
+        valid_device = self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"
+        if not valid_device:
+            raise ConfigError(
+                f"device: accepts auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from plain data; an unknown key names itself and the allowed ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                raise ConfigError(unknown_key_message(key, names))
+        return cls(**values)
+
+
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+TRAIN_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def unknown_key_message(key: str, allowed: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}; allowed keys: {', '.join(sorted(allowed))}"
+
+
+def _describe_type(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if args and len(args) < len(get_args(tp)):
+        return f"{_describe_type(args[0])} or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _check_type(name: str, value: Any, tp: Any) -> None:
+    origin = get_origin(tp)
+    if origin is Literal:
+        ok = value in get_args(tp)
+    else:
+        allowed = get_args(tp) or (tp,)
+        ok = any(_is_instance(value, a) for a in allowed)
+    if not ok:
+        raise ConfigError(f"{name}: accepts {_describe_type(tp)}, got {value!r}")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _positive(cfg: TrainConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name}: accepts a number > 0, got {value}")
+
+
+def _non_negative(cfg: TrainConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{name}: accepts a number >= 0, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes: YAML files that name a trainer, a data set and a model, and set defaults.
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPE_KEYS = ("description", "trainer", "dataset", "model", "data", "model_args", "train")
+
+
+@dataclass
+class Recipe:
+    name: str
+    trainer: str
+    dataset: str
+    model: str
+    description: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A packaged recipe by name (``digits-mlp``) or a user's recipe file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            close = difflib.get_close_matches(name_or_path, recipe_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown recipe {name_or_path!r}{hint}; known: {', '.join(recipe_names())}"
+            )
+    elif not path.exists():
+        raise ConfigError(f"recipe file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"recipe file {path}: expected a mapping of keys, got {type(raw).__name__}"
+        )
+    for key in raw:
+        if key not in RECIPE_KEYS:
+            raise ConfigError(f"recipe file {path}: " + unknown_key_message(key, RECIPE_KEYS))
+    for key in ("trainer", "dataset", "model"):
+        if key not in raw:
+            raise ConfigError(f"recipe file {path}: missing key {key!r}")
+    return Recipe(name=path.stem, path=str(path), **raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolved run configuration and its command-line parser.
+
+
+@dataclass
+class RunConfig:
+    """A recipe with every value resolved: what ``mlenv args`` prints and a run folder keeps."""
+
+    recipe: str
+    trainer: str
+    dataset: str
+    model: str
+    data: dict[str, Any]
+    model_args: dict[str, Any]
+    train: TrainConfig
+
+    def to_flat(self) -> dict[str, Any]:
+        """The flat mapping that ``--config`` reads back: one key per command-line flag."""
+        flat: dict[str, Any] = {"recipe": self.recipe}
+        flat.update(self.data)
+        flat.update(self.model_args)
+        flat.update(self.train.to_dict())
+        return flat
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_flat(), sort_keys=False)
+
+
+def builder_arguments(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """The keyword arguments of a registered builder a user may set (those with defaults), as
+    ``{name: (type, default)}``."""
+    hints = typing.get_type_hints(fn)
+    return {
+        name: (hints.get(name, Any), p.default)
+        for name, p in inspect.signature(fn).parameters.items()
+        if name not in skip and p.default is not inspect.Parameter.empty
+    }
+
+
+def build_parser(recipe: Recipe, prog: str) -> Any:
+    """A jsonargparse parser with the recipe's values as defaults, every field a flat flag."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from mlenv.data import DATASETS
+    from mlenv.models import MODELS
+
+    parser = ArgumentParser(prog=prog, description=recipe.description or None, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of flag values")
+    parser.add_argument("--recipe", type=str, default=recipe.name, help="the recipe's name")
+
+    provided = tuple(DATASETS.info(recipe.dataset).get("provides", ()))
+    groups = {
+        "data": builder_arguments(DATASETS.get(recipe.dataset)),
+        "model": builder_arguments(MODELS.get(recipe.model), skip=provided),
+    }
+    taken: dict[str, str] = {name: "train" for name in TRAIN_FIELDS}
+    for group_name, params in groups.items():
+        source = recipe.model if group_name == "model" else recipe.dataset
+        group = parser.add_argument_group(f"{group_name} ({source})")
+        for name, (annotation, default) in params.items():
+            if name in taken:
+                raise ConfigError(
+                    f"{group_name} argument {name!r} clashes with a {taken[name]} field"
+                )
+            taken[name] = group_name
+            group.add_argument(f"--{name}", type=annotation, default=default)
+
+    train_group = parser.add_argument_group("training")
+    for f in dataclasses.fields(TrainConfig):
+        train_group.add_argument(f"--{f.name}", type=TRAIN_TYPES[f.name], default=f.default)
+
+    defaults: dict[str, Any] = {}
+    for section, allowed in (("data", groups["data"]), ("model_args", groups["model"])):
+        for key, value in getattr(recipe, section).items():
+            if key not in allowed:
+                raise ConfigError(
+                    f"recipe {recipe.name} {section}: " + unknown_key_message(key, list(allowed))
+                )
+            defaults[key] = value
+    for key, value in recipe.train.items():
+        if key not in TRAIN_FIELDS:
+            raise ConfigError(
+                f"recipe {recipe.name} train: " + unknown_key_message(key, TRAIN_FIELDS)
+            )
+        defaults[key] = value
+    parser.set_defaults(**defaults)
+    parser.mlenv_groups = {k: list(v) for k, v in groups.items()}
+    parser.mlenv_list_flags = {
+        f"--{name}"
+        for params in groups.values()
+        for name, (tp, _) in params.items()
+        if get_origin(tp) in (list, tuple)
+    }
+    return parser
+
+
+def resolve(
+    recipe: Recipe,
+    argv: list[str],
+    prog: str = "mlenv train",
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Parse ``argv`` against ``recipe``; every error names the field and what it accepts.
+
+    ``base`` (a run folder's or a checkpoint's flat configuration) sits between the recipe's
+    defaults and the command line.
+    """
+    from jsonargparse import ArgumentError
+
+    parser = build_parser(recipe, prog)
+    argv = _bracket_lists(argv, parser.mlenv_list_flags)
+    if base:
+        base = {k: v for k, v in base.items() if k != "recipe"}
+        allowed = [a.dest for a in parser._actions]
+        for key in base:
+            if key not in allowed:
+                raise ConfigError(unknown_key_message(key, allowed))
+        parser.set_defaults(**base)
+    try:
+        ns = parser.parse_args(argv)
+    except ArgumentError as exc:
+        raise ConfigError(_clean_jsonargparse_message(str(exc), parser)) from None
+    values = ns.as_dict()
+    values.pop("config", None)
+    if values.pop("recipe") != recipe.name:
+        raise ConfigError(
+            f"recipe: the configuration is for recipe {ns.recipe!r}, not {recipe.name!r}"
+        )
+    groups = parser.mlenv_groups
+    data = {k: values.pop(k) for k in groups["data"]}
+    model_args = {k: values.pop(k) for k in groups["model"]}
+    return RunConfig(
+        recipe=recipe.name,
+        trainer=recipe.trainer,
+        dataset=recipe.dataset,
+        model=recipe.model,
+        data=data,
+        model_args=model_args,
+        train=TrainConfig(**values),
+    )
+
+
+def _bracket_lists(argv: list[str], list_flags: set[str]) -> list[str]:
+    """Accept ``--hidden 64,32`` as well as ``--hidden [64,32]``."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        flag, eq, value = token.partition("=")
+        if flag in list_flags:
+            if eq and not value.startswith("["):
+                out[i] = f"{flag}=[{value}]"
+            elif not eq and i + 1 < len(out) and not out[i + 1].startswith(("[", "-")):
+                out[i + 1] = f"[{out[i + 1]}]"
+    return out
+
+
+def _clean_jsonargparse_message(message: str, parser: Any) -> str:
+    """jsonargparse's messages name the key; add the allowed keys when the key is unknown."""
+    import re
+
+    first = message.strip().splitlines()[0]
+    hidden = ("help", "config", "print_config", "print_shtab")
+    allowed = sorted(a.dest for a in parser._actions if a.dest not in hidden)
+    unknown = re.search(
+        r"Option '([^']+)' is not accepted|unrecognized arguments: --?([\w-]+)",
+        first,
+        re.IGNORECASE,
+    )
+    if unknown:
+        return unknown_key_message(unknown.group(1) or unknown.group(2), allowed)
+    return " ".join(line.strip() for line in message.strip().splitlines())

@@ -1,0 +1,56 @@
+"""Multi-layer perceptron: Linear -> activation (-> dropout) for each hidden width, then Linear."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mlenv.models import register_model
+from mlenv.train.base import BaseModel
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class MLP(BaseModel):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (64, 32),
+        out_features: int = 1,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: accepts {', '.join(ACTIVATIONS)}, got {activation!r}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+        self.out_features = out_features
+
+    @property
+    def dim(self) -> int:
+        return self.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out)
+        return self.net(x)
+
+
+@register_model("mlp")
+def mlp(
+    in_features: int,
+    hidden: list[int] = [64, 32],  # noqa: B006 - never mutated; a list reads well in YAML
+    out_features: int = 1,
+    dropout: float = 0.0,
+    activation: str = "relu",
+) -> MLP:
+    """Multi-layer perceptron (20 -> 64 -> 32 -> 1 by default for 20 features)."""
+    return MLP(in_features, tuple(hidden), out_features, dropout, activation)

@@ -1,0 +1,46 @@
+"""Variational autoencoder with a Gaussian latent and a Bernoulli (logit) decoder, for vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlenv.models import register_model
+from mlenv.train.base import BaseModel
+
+
+class VAE(BaseModel):
+    def __init__(self, in_features: int, hidden: int = 128, latent: int = 8) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+        self.to_mu = nn.Linear(hidden, latent)
+        self.to_logvar = nn.Linear(hidden, latent)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, in_features)
+        )
+        self.in_features = in_features
+        self.latent = latent
+
+    @property
+    def dim(self) -> int:
+        return self.in_features
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)  # (B, hidden)
+        return self.to_mu(h), self.to_logvar(h)  # (B, latent) each
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        return self.decoder(z), mu, logvar  # reconstruction logits (B, in), (B, latent) x2
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent, averaged over the batch."""
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(dim=1).mean()
+
+
+@register_model("vae")
+def vae(in_features: int, hidden: int = 128, latent: int = 8) -> VAE:
+    """Variational autoencoder for vectors in [0, 1] (a Bernoulli decoder)."""
+    return VAE(in_features, hidden, latent)

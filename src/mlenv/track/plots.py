@@ -1,0 +1,61 @@
+"""PNG plots a person opens: loss curves, learning-rate schedules. Written atomically."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from mlenv.train.checkpoint import atomic_write_bytes
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def line_plot(
+    series: dict[str, list[float]],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    x: list[float] | None = None,
+) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, values in series.items():
+        ax.plot(x if x is not None else range(len(values)), values, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_loss_curve(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Train and validation loss (and every named term) per epoch."""
+    epochs = [row["epoch"] for row in history]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    keys = [k for k in history[0] if k.endswith("loss") or "_loss_" in k] if history else []
+    for key in keys:
+        values = [row.get(key, float("nan")) for row in history]
+        style = "-" if key.startswith("train") else "--"
+        ax.plot(epochs, values, style, marker="o", markersize=3, label=key)
+    ax.set(title="loss per epoch", xlabel="epoch", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)

@@ -1,0 +1,103 @@
+"""A run folder: ``runs/<experiment>/<run-id>/`` with config, metrics, events, plots, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlenv.train.checkpoint import atomic_write_bytes
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across processes started in the same second."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 100000:05d}"
+
+
+class Run:
+    """Where one training run writes. Every file is written to a temporary name then renamed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = self.path / "checkpoints"
+        self.plots = self.path / "plots"
+        self._writer: Any = None
+        self._step_buffer: list[tuple[str, float, int]] = []
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, experiment: str, run_id: str | None = None) -> Run:
+        return cls(Path(runs_dir) / experiment / (run_id or new_run_id()))
+
+    # -- files ----------------------------------------------------------------------------------
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        atomic_write_bytes(target, text.encode())
+        return target
+
+    def write_config(self, yaml_text: str) -> Path:
+        return self.write_text("config.yaml", yaml_text)
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        return self.write_text("summary.json", json.dumps(_plain(summary), indent=2) + "\n")
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> Path:
+        """The whole per-epoch history as CSV (rewritten each epoch, so a resume stays true)."""
+        columns: list[str] = []
+        for row in history:
+            columns.extend(k for k in row if k not in columns)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        return self.write_text("metrics.csv", out.getvalue())
+
+    # -- TensorBoard ----------------------------------------------------------------------------
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+        return self._writer
+
+    def log_step(self, name: str, value: float, step: int) -> None:
+        """Buffered: written at the epoch's end, so logging costs no time inside the loop."""
+        self._step_buffer.append((name, value, step))
+
+    def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
+        for name, value, step in self._step_buffer:
+            self.writer.add_scalar(f"step/{name}", value, step)
+        self._step_buffer.clear()
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and name != "epoch":
+                self.writer.add_scalar(f"epoch/{name}", value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.8g}" if isinstance(value, float) else value
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: non-finite floats become strings rather than invalid JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return _plain(value.item())
+    return value

@@ -1,0 +1,84 @@
+"""One recipe run from a resolved configuration: data, model, trainer, run folder, summary.
+
+This is the whole flow of ``mlenv train``; the CLI only parses and calls ``run_recipe``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlenv.config import RunConfig
+from mlenv.track.report import format_summary, format_table
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def build(cfg: RunConfig) -> tuple[Any, Any, Any]:
+    """The data bundle, model and Trainer class a configuration names."""
+    from mlenv.data import DATASETS
+    from mlenv.models import MODELS
+    from mlenv.train.tasks import TRAINERS
+
+    builder = DATASETS.get(cfg.dataset)
+    data_args = dict(cfg.data)
+    if "seed" in inspect.signature(builder).parameters:
+        data_args["seed"] = cfg.train.seed
+    bundle = DATASETS.create(cfg.dataset, **data_args)
+    model_params = inspect.signature(MODELS.get(cfg.model)).parameters
+    from_data = {k: v for k, v in bundle.model_kwargs.items() if k in model_params}
+    model = MODELS.create(cfg.model, **from_data, **cfg.model_args)
+    return bundle, model, TRAINERS.get(cfg.trainer)
+
+
+def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = None) -> RunResult:
+    """Train ``cfg`` end to end; with ``run_dir`` (an existing run folder) continue that run."""
+    from mlenv.runtime.seed import seed_everything
+    from mlenv.track.plots import plot_loss_curve
+    from mlenv.track.run import Run
+
+    out = out or sys.stdout
+    c = cfg.train
+    seed_everything(c.seed, c.deterministic)
+    bundle, model, trainer_cls = build(cfg)
+    run = None
+    if not c.fast_dev_run:
+        run = Run(run_dir) if run_dir else Run.create(c.runs_dir, c.experiment or cfg.recipe)
+        run.write_config(cfg.to_yaml())
+    trainer = trainer_cls(c, model, run=run, run_config=cfg.to_flat())
+    started = time.time()
+    result = trainer.fit(bundle.train, bundle.val)
+    print(format_table(result.history), file=out)
+    summary: dict[str, Any] = {
+        "recipe": cfg.recipe,
+        "epochs": trainer.epoch,
+        "stop_reason": result.stop_reason,
+        "device": str(trainer.device),
+        "threads": trainer.threads,
+        "seconds": round(time.time() - started, 2),
+    }
+    summary.update({k: v for k, v in result.last.items() if k not in ("epoch", "seconds")})
+    if result.best:
+        summary["best_" + c.monitor] = result.best[c.monitor]
+    if bundle.test is not None:
+        summary.update(trainer.evaluate(bundle.test))
+    if run is not None:
+        summary["run_dir"] = str(run.path)
+        if result.history:
+            plot = plot_loss_curve(result.history, run.plots / "loss_curve.png")
+            summary["loss_curve"] = str(plot)
+        run.write_summary(summary)
+    else:
+        summary["fast_dev_run"] = "ok: one batch of train and validation ran; nothing written"
+    print(file=out)
+    print(format_summary(summary), file=out)
+    return RunResult(run.path if run else None, result.history, summary)
