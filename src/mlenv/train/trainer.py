@@ -132,6 +132,7 @@ class Trainer:
         self.stop_reason = ""
         self._set_up = False
         self._sums = _Sums()
+        self._accumulated = 1
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: LRSchedule | None = None
 
@@ -238,9 +239,10 @@ class Trainer:
         return total, terms, predictions
 
     def backward(self, total: torch.Tensor) -> None:
-        """Backward of the (accumulation-scaled, grad-scaled) loss."""
-        if self.config.accumulate > 1:
-            total = total / self.config.accumulate
+        """Backward of the loss, divided by the batches in its accumulation group (so the step
+        sees their mean) and scaled by the grad scaler under fp16."""
+        if self._accumulated > 1:
+            total = total / self._accumulated
         self.scaler.scale(total).backward()
 
     def clip_gradients(self) -> None:
@@ -264,20 +266,21 @@ class Trainer:
         if self.run is not None:
             self.run.log_step("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
 
-    def record(
-        self, total: torch.Tensor, terms: dict[str, torch.Tensor], metrics: dict[str, Any], n: int
-    ) -> float:
-        """Add one batch to the epoch's sums; stop at once on a non-finite loss."""
-        value = total.item()
-        values = {"loss": value}
+    def loss_values(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The batch's loss and terms as floats; stops at once, before any backward, when the
+        loss is not finite, so the weights and the last checkpoint stay good."""
+        values = {"loss": total.item()}
         for name, term in terms.items():
             values[name] = term.item()
+        if not math.isfinite(values["loss"]):
+            self._nonfinite(values, terms)
+        return values
+
+    def record(self, values: dict[str, float], metrics: dict[str, Any], n: int) -> None:
+        """Add one batch's loss values and metrics to the epoch's sums."""
         for name, metric in metrics.items():
             values[name] = float(metric)
-        if not math.isfinite(value):
-            self._nonfinite(values, terms)
         self._sums.add(values, n)
-        return value
 
     def _nonfinite(self, values: dict[str, float], terms: dict[str, torch.Tensor]) -> None:
         from mlenv.train.nonfinite import first_nonfinite_layer
@@ -330,6 +333,9 @@ class Trainer:
         for batch in self.iterate(batches, f"epoch {self.epoch + 1}"):
             self._current_batch = batch
             total, terms, predictions = self.compute_loss(batch)
+            values = self.loss_values(total, terms)
+            group_start = self.batch_in_epoch - self.batch_in_epoch % accumulate
+            self._accumulated = min(accumulate, n_batches - group_start)
             self.backward(total)
             self.batch_in_epoch += 1
             if self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == n_batches:
@@ -337,7 +343,7 @@ class Trainer:
                 self.after_optimizer_step()
             with torch.no_grad():
                 metrics = self.batch_metrics(predictions, batch)
-            self.record(total, terms, metrics, self.batch_size_of(batch))
+            self.record(values, metrics, self.batch_size_of(batch))
             if self._stop.signal_name:
                 self._save_and_exit()
         return self._sums.means("train")
@@ -351,9 +357,8 @@ class Trainer:
             for batch in self.iterate(batches, prefix):
                 self._current_batch = batch
                 total, terms, predictions = self.compute_loss(batch)
-                self.record(
-                    total, terms, self.batch_metrics(predictions, batch), self.batch_size_of(batch)
-                )
+                metrics = self.batch_metrics(predictions, batch)
+                self.record(self.loss_values(total, terms), metrics, self.batch_size_of(batch))
             return self._sums.means(prefix)
         finally:
             self._sums = sums

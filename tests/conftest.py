@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests use the real data in ../shared/data (CI always has it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), (
+        f"the shared data sets are expected at {SHARED_DATA} (see ../shared/data/MANIFEST.md)"
+    )
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def runs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "runs"

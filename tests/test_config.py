@@ -1,0 +1,88 @@
+"""Configuration: precedence, round trip, and a clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mlenv.cli import main
+from mlenv.config import TrainConfig, load_recipe, resolve
+from mlenv.errors import ConfigError
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--lr", "-1"], "lr: accepts a number > 0, got -1.0"),
+        (["--epochs", "0"], "epochs: accepts a number > 0, got 0"),
+        (["--epochs", "abc"], "key \"epochs\": Expected a <class 'int'>. Got value: abc"),
+        (["--precision", "8"], "\"precision\": Expected a typing.Literal['32', 'bf16', '16']"),
+        (["--bogus", "3"], "unknown key 'bogus'; allowed keys: accumulate, activation"),
+        (["--epochz", "3"], "unknown key 'epochz' (did you mean 'epochs'?)"),
+        (["--warmup-epochs", "1"], "unknown key 'warmup-epochs' (did you mean 'warmup_epochs'?)"),
+        (["--device", "tpu"], "device: accepts auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ],
+)
+def test_bad_flag_exits_non_zero_naming_the_field(capsys, argv, expected):
+    code, out, err = run_cli(capsys, "args", "digits-mlp", *argv)
+    assert code == 2
+    assert out == ""
+    assert expected in err
+
+
+def test_unknown_key_in_config_file_names_key_and_allowed(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: digits-mlp\nepochz: 3\n")
+    code, _, err = run_cli(capsys, "args", "--config", str(path))
+    assert code == 2
+    assert "unknown key 'epochz' (did you mean 'epochs'?); allowed keys:" in err
+
+
+def test_wrong_type_in_python_api_names_field():
+    with pytest.raises(ConfigError, match=r"batch_size: accepts an integer, got '32'"):
+        TrainConfig(batch_size="32")
+    with pytest.raises(ConfigError, match=r"unknown key 'lrr' \(did you mean 'lr'\?\)"):
+        TrainConfig.from_dict({"lrr": 0.1})
+
+
+def test_unknown_recipe_suggests_the_close_one(capsys):
+    code, _, err = run_cli(capsys, "args", "digits-mpl")
+    assert code == 2
+    assert "unknown recipe 'digits-mpl' (did you mean 'digits-mlp'?)" in err
+
+
+def test_precedence_defaults_recipe_config_file_command_line(capsys, tmp_path):
+    recipe = load_recipe("digits-mlp")
+    cfg = resolve(recipe, [])
+    assert cfg.train.epochs == recipe.train["epochs"] == 15  # recipe over default (10)
+    assert cfg.train.optimizer == "adam"  # default
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: digits-mlp\nepochs: 7\nlr: 0.01\n")
+    cfg = resolve(recipe, ["--config", str(path), "--lr", "0.5"])
+    assert cfg.train.epochs == 7  # file over recipe
+    assert cfg.train.lr == 0.5  # command line over file
+
+
+def test_args_output_feeds_back_with_config(capsys, tmp_path):
+    code, first, _ = run_cli(capsys, "args", "digits-mlp", "--epochs", "4", "--hidden", "16,8")
+    assert code == 0
+    values = yaml.safe_load(first)
+    assert values["epochs"] == 4 and values["hidden"] == [16, 8] and values["precision"] == "32"
+    path = tmp_path / "resolved.yaml"
+    path.write_text(first)
+    code, second, _ = run_cli(capsys, "args", "--config", str(path))
+    assert code == 0
+    assert second == first
+
+
+def test_list_commands(capsys):
+    assert run_cli(capsys, "list", "models")[1].split()[0] == "mlp"
+    assert "digits-mlp" in run_cli(capsys, "list", "recipes")[1]
+    code, _, err = run_cli(capsys, "list", "things")
+    assert code == 2 and "accepts models, datasets, recipes or trainers" in err

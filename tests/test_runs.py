@@ -1,0 +1,74 @@
+"""`mlenv train` writes a complete run folder; `--fast-dev-run` writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlenv.cli import main
+
+
+def test_train_writes_the_run_folder(runs_dir, capsys):
+    code = main(
+        ["train", "digits-mlp", "--epochs", "3", "--runs_dir", str(runs_dir), "--progress", "false"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    (run,) = (runs_dir / "digits-mlp").iterdir()  # experiment defaults to the recipe's name
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["recipe"] == "digits-mlp" and config["epochs"] == 3
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 3 and 0.8 < summary["test_acc"] <= 1.0
+    assert summary["stop_reason"] == "completed 3 epochs"
+    png = (run / "plots" / "loss_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "epoch/val_loss" in tags and "step/lr" in tags
+    assert len(events.Scalars("epoch/val_loss")) == 3
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert "test_acc" in out and str(run) in out
+
+
+def test_experiment_name_moves_the_run(runs_dir, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "digits-mlp",
+                "--epochs",
+                "1",
+                "--runs_dir",
+                str(runs_dir),
+                "--experiment",
+                "mine",
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
+    assert [p.name for p in runs_dir.iterdir()] == ["mine"]
+
+
+def test_fast_dev_run_writes_nothing(runs_dir, capsys):
+    code = main(["train", "digits-mlp", "--fast_dev_run", "true", "--runs_dir", str(runs_dir)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not runs_dir.exists()
+    assert "fast_dev_run" in out and "nothing written" in out
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--epochs", "2", "--progress", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out and "loss curve:" in out
+    assert list((tmp_path / "runs" / "demo").glob("*/plots/loss_curve.png"))
