@@ -1,9 +1,11 @@
-"""Intra-op thread count chosen for the size of the work.
+"""Intra-op thread count chosen for the size of the work and the load on the machine.
 
-On a small model, every op is a few microseconds of math; splitting it over threads costs more in
-synchronisation than it saves, and on a shared machine a second thread that waits for a busy core can
-make a step 10-40x slower. We estimate the FLOPs of one training step and use one thread below a
-threshold measured in ``benchmarks/threads.py`` (figures in docs/performance.md), all cores above it.
+On a small model every op is a few microseconds of math; splitting it over threads costs more in
+synchronisation than it saves, and a thread that waits for a core another process holds makes every
+op wait. ``benchmarks/threads.py`` measured (2 cores, docs/performance.md): below ~10 MFLOPs per
+forward a second thread gains nothing; above it, it gains up to 1.8x on an idle machine, but with
+the other core busy it loses 1.2-1.7x. So: one thread for small steps; otherwise one per core
+that the load average leaves free.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ def choose_threads(flops_per_step: float | None, requested: int | None = None) -
     cores = max(1, cores or 1)
     if flops_per_step is not None and flops_per_step < SINGLE_THREAD_MAX_FLOPS:
         return 1
-    return cores
+    return max(1, min(cores, round(cores - _load_average())))
+
+
+def _load_average() -> float:
+    """Runnable processes over the last minute (0 where the OS does not say)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def apply_threads(n: int) -> None:

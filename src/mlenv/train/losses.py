@@ -73,11 +73,18 @@ def combine_terms(
         return loss, {}
     if isinstance(loss, Mapping):
         w = weights if isinstance(weights, Mapping) else {}
-        total = sum(w.get(name, 1.0) * term for name, term in loss.items())
-        return total, dict(loss)  # type: ignore[return-value]
-    if isinstance(loss, Sequence):
-        w = weights if isinstance(weights, list) else [1.0] * len(loss)
+        named = dict(loss)
+    elif isinstance(loss, Sequence):
         labels = names if len(names) == len(loss) else [f"loss{i}" for i in range(len(loss))]
-        total = sum(wi * term for wi, term in zip(w, loss, strict=True))
-        return total, dict(zip(labels, loss, strict=True))  # type: ignore[return-value]
-    raise TypeError(f"forward_pass must return a tensor, a list or a dict of losses, got {loss!r}")
+        named = dict(zip(labels, loss, strict=True))
+        w = dict(zip(labels, weights, strict=True)) if isinstance(weights, list) else {}
+    else:
+        raise TypeError(
+            f"forward_pass must return a tensor, a list or a dict of losses, got {loss!r}"
+        )
+    total = None
+    for name, term in named.items():
+        weight = w.get(name, 1.0)
+        weighted = term if weight == 1.0 else weight * term  # no op per step for weight 1
+        total = weighted if total is None else total + weighted
+    return total, named
