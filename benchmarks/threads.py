@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median, write_result  # noqa: E402
-
-from mlenv.models import create_model  # noqa: E402
-from mlenv.runtime.threads import step_flops  # noqa: E402
+from _common import median, write_result
+from mlenv.models import create_model
+from mlenv.runtime.threads import step_flops
 
 CASES = [  # (in_features, hidden, batch)
     (20, [64, 32], 32),
@@ -62,16 +61,18 @@ def main() -> None:
             x, y = torch.randn(batch, features), torch.randint(0, 2, (batch,)).float()
             one = step_time(model, x, y, 1)
             two = step_time(model, x, y, 2)
-            rows.append({
-                "other_core_busy": loaded,
-                "in_features": features,
-                "hidden": hidden,
-                "batch": batch,
-                "forward_flops": step_flops(model, x),
-                "step_ms_1_thread": one * 1e3,
-                "step_ms_2_threads": two * 1e3,
-                "ratio_2_over_1": two / one,
-            })
+            rows.append(
+                {
+                    "other_core_busy": loaded,
+                    "in_features": features,
+                    "hidden": hidden,
+                    "batch": batch,
+                    "forward_flops": step_flops(model, x),
+                    "step_ms_1_thread": one * 1e3,
+                    "step_ms_2_threads": two * 1e3,
+                    "ratio_2_over_1": two / one,
+                }
+            )
             print(rows[-1])
         if busy:
             stop.set()

@@ -17,12 +17,11 @@ from sklearn.datasets import make_classification
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median, write_result  # noqa: E402
-
-from mlenv.config import TrainConfig  # noqa: E402
-from mlenv.data.batching import epoch_permutation  # noqa: E402
-from mlenv.models import create_model  # noqa: E402
-from mlenv.train.trainer import Trainer  # noqa: E402
+from _common import median, write_result
+from mlenv.config import TrainConfig
+from mlenv.data.batching import epoch_permutation
+from mlenv.models import create_model
+from mlenv.train.trainer import Trainer
 
 ROWS, VAL_ROWS, FEATURES, BATCH, EPOCHS, REPEATS = 14_690, 3_673, 20, 32, 3, 5
 
@@ -112,7 +111,10 @@ def main() -> None:
         "mlenv_help_s": help_s,
         "ratio_help_over_import_torch": help_s / torch_s,
     }
-    result["targets"] = {"ratio_trainer_over_raw": "<= 1.10", "ratio_help_over_import_torch": "<= 1.3"}
+    result["targets"] = {
+        "ratio_trainer_over_raw": "<= 1.10",
+        "ratio_help_over_import_torch": "<= 1.3",
+    }
     write_result("trainer_overhead", result)
 
 

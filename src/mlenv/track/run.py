@@ -29,6 +29,7 @@ class Run:
         self.plots = self.path / "plots"
         self._writer: Any = None
         self._step_buffer: list[tuple[str, float, int]] = []
+        self.config_text: str | None = None  # written by start()
 
     @classmethod
     def create(cls, runs_dir: str | Path, experiment: str, run_id: str | None = None) -> Run:
@@ -42,6 +43,12 @@ class Run:
 
     def write_config(self, yaml_text: str) -> Path:
         return self.write_text("config.yaml", yaml_text)
+
+    def start(self) -> None:
+        """Called by the Trainer once set-up (and any resume) succeeded: only then is the folder
+        changed, so a bad checkpoint or configuration leaves an existing run untouched."""
+        if self.config_text is not None:
+            self.write_config(self.config_text)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         return self.write_text("summary.json", json.dumps(_plain(summary), indent=2) + "\n")

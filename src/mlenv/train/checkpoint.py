@@ -70,13 +70,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the file is empty (truncated checkpoint)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in reason or isinstance(exc, pickle.UnpicklingError):
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        ValueError,
+    ) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        if "Unsupported global" in text:  # a class or function: code we will not run
             raise CheckpointError(
                 f"{path}: refused to load: it holds objects other than tensors and plain data "
                 "(mlenv never executes code from a checkpoint)"
             ) from None
+        if "Weights only load failed" in text:
+            reason = "the data is not a valid checkpoint"
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not an mlenv checkpoint (no 'model' entry)")

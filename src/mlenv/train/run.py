@@ -53,7 +53,7 @@ def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = Non
     run = None
     if not c.fast_dev_run:
         run = Run(run_dir) if run_dir else Run.create(c.runs_dir, c.experiment or cfg.recipe)
-        run.write_config(cfg.to_yaml())
+        run.config_text = cfg.to_yaml()
     trainer = trainer_cls(c, model, run=run, run_config=cfg.to_flat())
     started = time.time()
     result = trainer.fit(bundle.train, bundle.val)

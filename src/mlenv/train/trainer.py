@@ -337,13 +337,13 @@ class Trainer:
             group_start = self.batch_in_epoch - self.batch_in_epoch % accumulate
             self._accumulated = min(accumulate, n_batches - group_start)
             self.backward(total)
+            with torch.no_grad():
+                metrics = self.batch_metrics(predictions, batch)
+            self.record(values, metrics, self.batch_size_of(batch))
             self.batch_in_epoch += 1
             if self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == n_batches:
                 self.optimizer_step()
                 self.after_optimizer_step()
-            with torch.no_grad():
-                metrics = self.batch_metrics(predictions, batch)
-            self.record(values, metrics, self.batch_size_of(batch))
             if self._stop.signal_name:
                 self._save_and_exit()
         return self._sums.means("train")
@@ -382,6 +382,8 @@ class Trainer:
         self.setup(self.to_device(example), len(train))
         if c.resume:
             self.resume_from(c.resume)
+        if self.run is not None:
+            self.run.start()
         if c.plot_lr and self.run is not None:
             from mlenv.train.schedules import plot_schedule
 
