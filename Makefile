@@ -19,6 +19,7 @@ demo: $(BIN)/mlenv
 
 test: $(BIN)/mlenv
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/mlenv
