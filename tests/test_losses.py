@@ -42,8 +42,11 @@ class TwoHeads(Trainer):
 def test_trainer_logs_each_term_and_optimises_the_weighted_sum():
     data = DATASETS.create("digits", seed=0)
     model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
-    history = TwoHeads(TrainConfig(epochs=3, progress=False), model).fit(data.train, data.val).history
+    history = (
+        TwoHeads(TrainConfig(epochs=3, progress=False), model).fit(data.train, data.val).history
+    )
     for row in history:
-        assert math.isclose(row["train_loss"], row["train_ce"] + 0.01 * row["train_logit_l2"],
-                            rel_tol=1e-5)
+        assert math.isclose(
+            row["train_loss"], row["train_ce"] + 0.01 * row["train_logit_l2"], rel_tol=1e-5
+        )
     assert history[-1]["val_ce"] < history[0]["val_ce"]
