@@ -14,6 +14,11 @@ commands:
   train --config FILE         train from a resolved configuration file
   train --resume-run RUN_DIR  continue a run from its folder's configuration and last checkpoint
   test --weights CKPT         evaluate a checkpoint on its recipe's test split
+  predict --weights RUN_DIR|CKPT --data NEW.csv --out preds.csv
+                              probability and predicted label for every row of a CSV
+  check data --data F.csv [--flags]    sizes, scaled feature statistics, drift/duplicate/outlier warnings
+  check labels --data F.csv [--flags]  count and percentage of each label in train and test
+  check loss                  BCE edge cases through every output mode, with gradients
   args RECIPE [--flags]       print the fully resolved configuration as YAML (feed back: --config)
   list models|datasets|recipes|trainers
   demo [--flags]              train the digits MLP end to end and show where everything went
@@ -33,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         "list": cmd_list,
         "demo": cmd_demo,
         "test": cmd_test,
+        "predict": cmd_predict,
+        "check": cmd_check,
     }
     if command not in handlers:
         print(
@@ -198,13 +205,103 @@ def cmd_test(argv: list[str]) -> int:
     cfg = resolve(recipe, ["--progress", "false", *argv], prog="mlenv test", base=base)
     bundle, model, trainer_cls = build(cfg)
     split = bundle.test if bundle.test is not None else bundle.val
-    trainer = trainer_cls(cfg.train, model)
+    trainer = trainer_cls(cfg.train, model, **cfg.task_args)
     trainer.setup(trainer.to_device(next(iter(trainer._batches(split, False)))), 1)
     load_model_state(trainer.raw_model, state["model"], path)
     trainer.load_extra_state(state.get("extra", {}))
     metrics = trainer.evaluate(split, prefix="test" if bundle.test is not None else "val")
     print(format_summary({"checkpoint": str(path), **metrics}))
     return 0
+
+
+def _load_for_inference(weights: str, argv: list[str], prog: str) -> tuple[Any, Any, Any, Path]:
+    """A trainer with the checkpoint's weights, its resolved config and data state."""
+    from mlenv.config import load_recipe, resolve
+    from mlenv.models import MODELS
+    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from mlenv.train.tasks import TRAINERS
+
+    path = resolve_checkpoint(weights, None)
+    state = load_checkpoint(path)
+    base = dict(state["config"])
+    cfg = resolve(load_recipe(base["recipe"]), ["--progress", "false", *argv], prog=prog, base=base)
+    data_state = state.get("extra", {}).get("data", {})
+    model = MODELS.create(cfg.model, **data_state.get("model_kwargs", {}), **cfg.model_args)
+    trainer = TRAINERS.get(cfg.trainer)(cfg.train, model, **cfg.task_args)
+    return trainer, cfg, state, path
+
+
+def cmd_predict(argv: list[str]) -> int:
+    """Probability and predicted label (original values) for every row of a CSV."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from mlenv.data.tabular import read_for_prediction
+    from mlenv.errors import ConfigError
+    from mlenv.train.checkpoint import atomic_write_bytes, load_model_state
+
+    weights, argv = _take_option(argv, "--weights")
+    data, argv = _take_option(argv, "--data")
+    out, argv = _take_option(argv, "--out")
+    no_header, argv = _take_option(argv, "--no_header")
+    if not (weights and data and out):
+        raise ConfigError("predict: give --weights RUN_DIR|CKPT, --data NEW.csv and --out FILE")
+    trainer, cfg, state, path = _load_for_inference(weights, argv, "mlenv predict")
+    data_state = state.get("extra", {}).get("data", {})
+    if data_state.get("kind") != "tabular":
+        raise ConfigError(f"predict: {path} was not trained on a tabular CSV")
+    header_off = cfg.data.get("no_header", False) if no_header is None else no_header == "true"
+    x, lines, labels = read_for_prediction(data, data_state, header_off)
+    features = torch.tensor(x, dtype=torch.float32)
+    trainer.setup(features[:1], 1)
+    load_model_state(trainer.raw_model, state["model"], path)
+    probability = trainer.predict((features,)).numpy()
+    threshold = getattr(trainer, "threshold", 0.5)
+    values = np.array(data_state["label_values"])
+    table = pd.DataFrame(
+        {
+            "line": lines,
+            "probability": probability,
+            "predicted": values[(probability > threshold).astype(int)],
+        }
+    )
+    if labels is not None:
+        table["label"] = labels
+        accuracy = float((table["predicted"] == table["label"]).mean())
+    atomic_write_bytes(out, table.to_csv(index=False, float_format="%.8g").encode())
+    print(
+        f"wrote {len(table)} predictions to {out}"
+        + (f"; accuracy against the file's labels {accuracy:.4f}" if labels is not None else "")
+    )
+    return 0
+
+
+def cmd_check(argv: list[str]) -> int:
+    from mlenv.errors import ConfigError
+
+    what, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if what == "loss":
+        from mlenv.doctor.loss_checks import format_loss_table, loss_table
+
+        rows = loss_table()
+        print(format_loss_table(rows))
+        bad = [r for r in rows if r["mode"] != "unclamped" and not r["ok"]]
+        return 1 if bad else 0
+    if what in ("data", "labels"):
+        from mlenv.config import load_recipe, resolve
+        from mlenv.data.tabular import load_split, write_split
+        from mlenv.doctor.data_checks import data_report, label_report
+
+        cfg = resolve(load_recipe("tabular-binary"), rest, prog=f"mlenv check {what}")
+        options = {k: v for k, v in cfg.data.items() if k != "save_split"}
+        split = load_split(seed=cfg.train.seed, **options)
+        print(data_report(split) if what == "data" else label_report(split))
+        if cfg.data["save_split"]:
+            write_split(split, cfg.data["save_split"])
+            print(f"split written to {cfg.data['save_split']}")
+        return 0
+    raise ConfigError(f"check: accepts data, labels or loss, got {what!r}")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def _non_negative(cfg: TrainConfig, *names: str) -> None:
 # Recipes: YAML files that name a trainer, a data set and a model, and set defaults.
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-RECIPE_KEYS = ("description", "trainer", "dataset", "model", "data", "model_args", "train")
+RECIPE_KEYS = ("description", "trainer", "dataset", "model", "data", "model_args", "task", "train")
 
 
 @dataclass
@@ -184,6 +184,7 @@ class Recipe:
     description: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     path: str = ""
 
@@ -237,12 +238,14 @@ class RunConfig:
     data: dict[str, Any]
     model_args: dict[str, Any]
     train: TrainConfig
+    task_args: dict[str, Any] = field(default_factory=dict)
 
     def to_flat(self) -> dict[str, Any]:
         """The flat mapping that ``--config`` reads back: one key per command-line flag."""
         flat: dict[str, Any] = {"recipe": self.recipe}
         flat.update(self.data)
         flat.update(self.model_args)
+        flat.update(self.task_args)
         flat.update(self.train.to_dict())
         return flat
 
@@ -261,12 +264,25 @@ def builder_arguments(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[An
     }
 
 
+def trainer_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
+    """A Trainer subclass's own keyword-only ``__init__`` options (e.g. ``baselines``)."""
+    hints = typing.get_type_hints(cls.__init__)
+    return {
+        name: (hints.get(name, Any), p.default)
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+        and p.default is not inspect.Parameter.empty
+        and name not in ("run", "run_config")
+    }
+
+
 def build_parser(recipe: Recipe, prog: str) -> Any:
     """A jsonargparse parser with the recipe's values as defaults, every field a flat flag."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from mlenv.data import DATASETS
     from mlenv.models import MODELS
+    from mlenv.train.tasks import TRAINERS
 
     parser = ArgumentParser(prog=prog, description=recipe.description or None, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of flag values")
@@ -276,10 +292,11 @@ def build_parser(recipe: Recipe, prog: str) -> Any:
     groups = {
         "data": builder_arguments(DATASETS.get(recipe.dataset)),
         "model": builder_arguments(MODELS.get(recipe.model), skip=provided),
+        "task": trainer_arguments(TRAINERS.get(recipe.trainer)),
     }
     taken: dict[str, str] = {name: "train" for name in TRAIN_FIELDS}
     for group_name, params in groups.items():
-        source = recipe.model if group_name == "model" else recipe.dataset
+        source = {"model": recipe.model, "data": recipe.dataset, "task": recipe.trainer}[group_name]
         group = parser.add_argument_group(f"{group_name} ({source})")
         for name, (annotation, default) in params.items():
             if name in taken:
@@ -294,7 +311,8 @@ def build_parser(recipe: Recipe, prog: str) -> Any:
         train_group.add_argument(f"--{f.name}", type=TRAIN_TYPES[f.name], default=f.default)
 
     defaults: dict[str, Any] = {}
-    for section, allowed in (("data", groups["data"]), ("model_args", groups["model"])):
+    sections = (("data", groups["data"]), ("model_args", groups["model"]), ("task", groups["task"]))
+    for section, allowed in sections:
         for key, value in getattr(recipe, section).items():
             if key not in allowed:
                 raise ConfigError(
@@ -353,6 +371,7 @@ def resolve(
     groups = parser.mlenv_groups
     data = {k: values.pop(k) for k in groups["data"]}
     model_args = {k: values.pop(k) for k in groups["model"]}
+    task_args = {k: values.pop(k) for k in groups["task"]}
     return RunConfig(
         recipe=recipe.name,
         trainer=recipe.trainer,
@@ -361,6 +380,7 @@ def resolve(
         data=data,
         model_args=model_args,
         train=TrainConfig(**values),
+        task_args=task_args,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from mlenv.registry import Registry
 
-DATASETS = Registry("dataset", ("mlenv.data.sklearn_sets", "mlenv.data.text"))
+DATASETS = Registry("dataset", ("mlenv.data.sklearn_sets", "mlenv.data.text", "mlenv.data.tabular"))
 register_dataset = DATASETS.register
 
 
@@ -21,6 +21,9 @@ class DataBundle:
     test: Any = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # what prediction needs to repeat the preprocessing (tensors and plain data; saved in
+    # every checkpoint), e.g. a fitted scaler and the label mapping
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 __all__ = ["DATASETS", "DataBundle", "register_dataset"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -54,3 +55,37 @@ def mlp(
 ) -> MLP:
     """Multi-layer perceptron (20 -> 64 -> 32 -> 1 by default for 20 features)."""
     return MLP(in_features, tuple(hidden), out_features, dropout, activation)
+
+
+class BinaryMLP(MLP):
+    """An MLP with one of three output heads for binary classification:
+
+    - ``logits``: one logit (B,), trained with BCEWithLogits (the stable default);
+    - ``sigmoid``: one probability (B,) through a final Sigmoid, trained with BCE clamped like
+      PyTorch's (each log term >= -100), for parity with an original that did this;
+    - ``two-class``: two logits (B, 2), trained with cross-entropy.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], dropout: float, output: str):
+        if output not in ("logits", "sigmoid", "two-class"):
+            raise ValueError(f"output: accepts logits, sigmoid or two-class, got {output!r}")
+        super().__init__(in_features, hidden, 2 if output == "two-class" else 1, dropout)
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)  # (B, 1) or (B, 2)
+        if self.output == "two-class":
+            return out
+        out = out.squeeze(1)  # (B,)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+
+@register_model("binary-mlp")
+def binary_mlp(
+    in_features: int,
+    hidden: list[int] = [64, 32],  # noqa: B006 - never mutated
+    dropout: float = 0.0,
+    output: Literal["logits", "sigmoid", "two-class"] = "logits",
+) -> BinaryMLP:
+    """MLP for binary classification (20 -> 64 -> 32 -> 1), output logits|sigmoid|two-class."""
+    return BinaryMLP(in_features, tuple(hidden), dropout, output)

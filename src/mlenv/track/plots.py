@@ -59,3 +59,48 @@ def plot_loss_curve(history: list[dict[str, Any]], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def plot_confusion(target: Any, predicted: Any, labels: list[str], path: str | Path) -> Path:
+    """Counts of (true label, predicted label), with the original label values."""
+    import numpy as np
+
+    counts = np.zeros((2, 2), dtype=int)
+    for t, p in zip(np.asarray(target).astype(int), np.asarray(predicted).astype(int), strict=True):
+        counts[t, p] += 1
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > counts.max() / 2 else "black",
+        )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix (test)",
+    )
+    return save_figure(fig, path)
+
+
+def plot_roc(target: Any, probability: Any, path: str | Path) -> Path:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(target, probability)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(target, probability):.4f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve (test)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -54,7 +54,10 @@ def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = Non
     if not c.fast_dev_run:
         run = Run(run_dir) if run_dir else Run.create(c.runs_dir, c.experiment or cfg.recipe)
         run.config_text = cfg.to_yaml()
-    trainer = trainer_cls(c, model, run=run, run_config=cfg.to_flat())
+    trainer = trainer_cls(c, model, run=run, run_config=cfg.to_flat(), **cfg.task_args)
+    trainer.data_state = {**bundle.state, "model_kwargs": bundle.model_kwargs}
+    for key, value in bundle.info.items():
+        print(f"{key}: {value}", file=out)
     started = time.time()
     result = trainer.fit(bundle.train, bundle.val)
     print(format_table(result.history), file=out)
@@ -71,6 +74,7 @@ def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = Non
         summary["best_" + c.monitor] = result.best[c.monitor]
     if bundle.test is not None:
         summary.update(trainer.evaluate(bundle.test))
+        summary.update(trainer.report(bundle, run))
     if run is not None:
         summary["run_dir"] = str(run.path)
         if result.history:

@@ -101,9 +101,14 @@ class _StopRequest:
 class Trainer:
     """Train, evaluate and predict with one model.
 
+    Subclasses may add keyword-only ``__init__`` arguments with defaults: a recipe's command line
+    offers them as flags (the "task" group).
+
     >>> trainer = Trainer(TrainConfig(epochs=2), model=my_model)      # doctest: +SKIP
     >>> result = trainer.fit((x_train, y_train), (x_val, y_val))        # doctest: +SKIP
     """
+
+    collect_predictions = False  # set True to get ``epoch_metrics`` over a whole pass
 
     def __init__(
         self,
@@ -135,6 +140,7 @@ class Trainer:
         self._accumulated = 1
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: LRSchedule | None = None
+        self.data_state: dict[str, Any] = {}  # the data's preprocessing, saved in checkpoints
 
     # ------------------------------------------------------------------------------------------
     # What a task overrides.
@@ -167,9 +173,19 @@ class Trainer:
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
         return cls(params, lr=c.lr, weight_decay=c.weight_decay)
 
-    def extra_state(self) -> dict[str, Any]:
-        """Task state to keep in checkpoints (e.g. a fitted scaler), as tensors and plain data."""
+    def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Metrics over the whole validation pass (AUC, F1, ...); called when the class sets
+        ``collect_predictions = True`` with every prediction and target concatenated."""
         return {}
+
+    def report(self, bundle: Any, run: Any) -> dict[str, Any]:
+        """After the test evaluation of a recipe run: extra plots and figures for the summary."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Task state kept in checkpoints, as tensors and plain data: by default the data's
+        preprocessing (``data_state``: a fitted scaler, a label mapping)."""
+        return {"data": self.data_state}
 
     # ------------------------------------------------------------------------------------------
     # Set-up.
@@ -353,13 +369,22 @@ class Trainer:
         """One pass without gradients; returns ``<prefix>_*`` means."""
         self.model.eval()
         sums, self._sums = self._sums, _Sums()
+        collected: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             for batch in self.iterate(batches, prefix):
                 self._current_batch = batch
                 total, terms, predictions = self.compute_loss(batch)
                 metrics = self.batch_metrics(predictions, batch)
                 self.record(self.loss_values(total, terms), metrics, self.batch_size_of(batch))
-            return self._sums.means(prefix)
+                if self.collect_predictions:
+                    collected.append((predictions.float().cpu(), batch[1].cpu()))
+            means = self._sums.means(prefix)
+            if collected:
+                predictions = torch.cat([p for p, _ in collected])
+                targets = torch.cat([t for _, t in collected])
+                extra = self.epoch_metrics(predictions, targets)
+                means.update({f"{prefix}_{k}": v for k, v in extra.items()})
+            return means
         finally:
             self._sums = sums
 
@@ -539,6 +564,7 @@ class Trainer:
 
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         """Counterpart of ``extra_state``."""
+        self.data_state = extra.get("data", {})
 
     def _save_and_exit(self) -> None:
         if self.run is not None:

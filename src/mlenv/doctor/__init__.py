@@ -1,0 +1,1 @@
+"""Training diagnostics: data checks, label balance, loss edge cases."""

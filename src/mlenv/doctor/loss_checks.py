@@ -1,0 +1,87 @@
+"""The BCE edge cases that tell two implementations apart, through every output mode.
+
+PyTorch's BCE clamps each log term at -100, so a certain and correct prediction costs 0, a certain
+and wrong one costs 100, and 0.5 costs ln 2 = 0.693147, never NaN or inf. A port that takes
+log(0) gets inf or NaN and its training is lost; this table shows both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+TARGETS = [1.0, 0.0, 1.0, 0.0]
+CASES = [  # (name, predicted probabilities, expected mean loss)
+    ("perfect", [1.0, 0.0, 1.0, 0.0], 0.0),
+    ("wrong", [0.0, 1.0, 0.0, 1.0], 100.0),
+    ("uncertain", [0.5, 0.5, 0.5, 0.5], math.log(2)),
+]
+# A probability of exactly 0 or 1 is a logit of -inf or +inf; the clamp at -100 corresponds to a
+# logit of +-100 (BCEWithLogits(-100, 1) = 100 + log1p(e^-100) = 100.0).
+CLAMP_LOGIT = 100.0
+
+
+def _as_logit(p: torch.Tensor) -> torch.Tensor:
+    return torch.logit(p).clamp(-CLAMP_LOGIT, CLAMP_LOGIT)
+
+
+def loss_and_grad(mode: str, probabilities: list[float]) -> tuple[float, list[float]]:
+    """Mean loss over the batch and the gradient with respect to the model's output."""
+    p = torch.tensor(probabilities, dtype=torch.float32)
+    y = torch.tensor(TARGETS)
+    if mode == "sigmoid":  # the model outputs probabilities; BCE clamps log at -100
+        out = p.clone().requires_grad_()
+        loss = F.binary_cross_entropy(out, y)
+    elif mode == "logits":
+        out = _as_logit(p).requires_grad_()
+        loss = F.binary_cross_entropy_with_logits(out, y)
+    elif mode == "two-class":  # logits (0, z) for class 0 and 1; softmax gives sigmoid(z)
+        out = torch.stack([torch.zeros(4), _as_logit(p)], dim=1).requires_grad_()
+        loss = F.cross_entropy(out, y.long())
+    elif mode == "unclamped":  # what a port that takes log(0) computes
+        out = p.clone().requires_grad_()
+        loss = -(y * torch.log(out) + (1 - y) * torch.log(1 - out)).mean()
+    else:
+        raise ValueError(mode)
+    loss.backward()
+    grad = out.grad if mode != "two-class" else out.grad[:, 1]
+    return loss.item(), [float(g) for g in grad]
+
+
+def loss_table() -> list[dict]:
+    rows = []
+    for mode in ("sigmoid", "logits", "two-class", "unclamped"):
+        for name, probabilities, expected in CASES:
+            loss, grad = loss_and_grad(mode, probabilities)
+            rows.append(
+                {
+                    "mode": mode,
+                    "case": name,
+                    "expected": expected,
+                    "loss": loss,
+                    "grad": grad,
+                    "ok": math.isfinite(loss)
+                    and all(math.isfinite(g) for g in grad)
+                    and abs(loss - expected) < 1e-5,
+                }
+            )
+    return rows
+
+
+def format_loss_table(rows: list[dict]) -> str:
+    lines = [
+        f"targets {TARGETS}",
+        "",
+        f"{'mode':10s} {'case':10s} {'expected':>10s} {'loss':>10s}  gradient w.r.t. output",
+    ]
+    for r in rows:
+        grad = ", ".join(f"{g:.6g}" for g in r["grad"])
+        flag = "" if r["ok"] else "   <-- not finite or not expected"
+        note = "  (reference: no clamp)" if r["mode"] == "unclamped" else ""
+        lines.append(
+            f"{r['mode']:10s} {r['case']:10s} {r['expected']:10.6f} {r['loss']:10.6f}  "
+            f"[{grad}]{flag}{note}"
+        )
+    return "\n".join(lines)
