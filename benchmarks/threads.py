@@ -17,7 +17,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import median, write_result
 from mlenv.models import create_model
-from mlenv.runtime.threads import step_flops
+from mlenv.runtime.threads import estimate_flops
 
 CASES = [  # (in_features, hidden, batch)
     (20, [64, 32], 32),
@@ -67,7 +67,7 @@ def main() -> None:
                     "in_features": features,
                     "hidden": hidden,
                     "batch": batch,
-                    "forward_flops": step_flops(model, x),
+                    "forward_flops": estimate_flops(model, x),
                     "step_ms_1_thread": one * 1e3,
                     "step_ms_2_threads": two * 1e3,
                     "ratio_2_over_1": two / one,
