@@ -19,6 +19,7 @@ commands:
   check data --data F.csv [--flags]    sizes, scaled feature statistics, drift/duplicate/outlier warnings
   check labels --data F.csv [--flags]  count and percentage of each label in train and test
   check loss                  BCE edge cases through every output mode, with gradients
+  book stepNN [--out DIR] [--data FILE]   a step of the book path (`mlenv book list`)
   args RECIPE [--flags]       print the fully resolved configuration as YAML (feed back: --config)
   list models|datasets|recipes|trainers
   demo [--flags]              train the digits MLP end to end and show where everything went
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "test": cmd_test,
         "predict": cmd_predict,
         "check": cmd_check,
+        "book": cmd_book,
     }
     if command not in handlers:
         print(
@@ -302,6 +304,26 @@ def cmd_check(argv: list[str]) -> int:
             print(f"split written to {cfg.data['save_split']}")
         return 0
     raise ConfigError(f"check: accepts data, labels or loss, got {what!r}")
+
+
+def cmd_book(argv: list[str]) -> int:
+    from mlenv.book import STEPS, run_step
+    from mlenv.errors import ConfigError
+
+    out, argv = _take_option(argv, "--out")
+    data, argv = _take_option(argv, "--data")
+    if not argv or argv[0] in ("list", "-h", "--help"):
+        for name, what in STEPS.items():
+            print(f"{name}  {what}")
+        return 0
+    if len(argv) > 1:
+        raise ConfigError(
+            f"book: unexpected arguments {' '.join(argv[1:])}; "
+            "accepts: book STEP [--out DIR] [--data FILE]"
+        )
+    run_step(argv[0], out, data)
+    print(f"plots and results.json in {out or f'book-out/{argv[0]}'}")
+    return 0
 
 
 if __name__ == "__main__":

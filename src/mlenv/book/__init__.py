@@ -1,0 +1,28 @@
+"""The book path ("Deep Learning from Scratch 5"): one short module per step, each writing its
+plots and a ``results.json`` and printing its key numbers. ``mlenv book step05`` runs one."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+STEPS = {
+    "step01": "the normal distribution and the central limit theorem",
+    "step02": "maximum likelihood: a normal fitted to 25,000 heights",
+    "step03": "the multivariate normal: density, surface, contours, fit to height and weight",
+    "step04": "a Gaussian mixture with fixed parameters on Old Faithful, and sampling from it",
+    "step05": "EM for a Gaussian mixture on Old Faithful; KL divergence of two normals",
+}
+
+
+def run_step(name: str, out: str | Path | None = None, data: str | None = None) -> dict[str, Any]:
+    """Run one step; results and plots go to ``out`` (default ``book-out/<step>/``)."""
+    from mlenv.errors import ConfigError
+
+    if name not in STEPS:
+        raise ConfigError(f"unknown book step {name!r}; steps: {', '.join(STEPS)}")
+    module = importlib.import_module(f"mlenv.book.{name}")
+    folder = Path(out) if out else Path("book-out") / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return module.run(folder, data)
