@@ -20,6 +20,10 @@ commands:
   check labels --data F.csv [--flags]  count and percentage of each label in train and test
   check loss                  BCE edge cases through every output mode, with gradients
   book stepNN [--out DIR] [--data FILE]   a step of the book path (`mlenv book list`)
+  export golden --weights RUN_DIR|CKPT --out DIR [--batch-size 8] [--seed S]
+                              weights, a fixed batch, activations, loss, gradients, one step
+  export onnx --weights RUN_DIR|CKPT --out model.onnx   ONNX, checked against onnxruntime
+  parity DIR_A DIR_B [--rtol R] [--atol A]   where two golden folders first disagree
   args RECIPE [--flags]       print the fully resolved configuration as YAML (feed back: --config)
   list models|datasets|recipes|trainers
   demo [--flags]              train the digits MLP end to end and show where everything went
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "check": cmd_check,
         "book": cmd_book,
+        "export": cmd_export,
+        "parity": cmd_parity,
     }
     if command not in handlers:
         print(
@@ -216,23 +222,6 @@ def cmd_test(argv: list[str]) -> int:
     return 0
 
 
-def _load_for_inference(weights: str, argv: list[str], prog: str) -> tuple[Any, Any, Any, Path]:
-    """A trainer with the checkpoint's weights, its resolved config and data state."""
-    from mlenv.config import load_recipe, resolve
-    from mlenv.models import MODELS
-    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from mlenv.train.tasks import TRAINERS
-
-    path = resolve_checkpoint(weights, None)
-    state = load_checkpoint(path)
-    base = dict(state["config"])
-    cfg = resolve(load_recipe(base["recipe"]), ["--progress", "false", *argv], prog=prog, base=base)
-    data_state = state.get("extra", {}).get("data", {})
-    model = MODELS.create(cfg.model, **data_state.get("model_kwargs", {}), **cfg.model_args)
-    trainer = TRAINERS.get(cfg.trainer)(cfg.train, model, **cfg.task_args)
-    return trainer, cfg, state, path
-
-
 def cmd_predict(argv: list[str]) -> int:
     """Probability and predicted label (original values) for every row of a CSV."""
     import numpy as np
@@ -242,6 +231,7 @@ def cmd_predict(argv: list[str]) -> int:
     from mlenv.data.tabular import read_for_prediction
     from mlenv.errors import ConfigError
     from mlenv.train.checkpoint import atomic_write_bytes, load_model_state
+    from mlenv.train.run import load_trained
 
     weights, argv = _take_option(argv, "--weights")
     data, argv = _take_option(argv, "--data")
@@ -249,7 +239,7 @@ def cmd_predict(argv: list[str]) -> int:
     no_header, argv = _take_option(argv, "--no_header")
     if not (weights and data and out):
         raise ConfigError("predict: give --weights RUN_DIR|CKPT, --data NEW.csv and --out FILE")
-    trainer, cfg, state, path = _load_for_inference(weights, argv, "mlenv predict")
+    trainer, cfg, state, path = load_trained(weights, argv, "mlenv predict")
     data_state = state.get("extra", {}).get("data", {})
     if data_state.get("kind") != "tabular":
         raise ConfigError(f"predict: {path} was not trained on a tabular CSV")
@@ -304,6 +294,65 @@ def cmd_check(argv: list[str]) -> int:
             print(f"split written to {cfg.data['save_split']}")
         return 0
     raise ConfigError(f"check: accepts data, labels or loss, got {what!r}")
+
+
+def cmd_export(argv: list[str]) -> int:
+    from mlenv.errors import ConfigError
+
+    what, rest = (argv[0], argv[1:]) if argv else ("", [])
+    weights, rest = _take_option(rest, "--weights")
+    out, rest = _take_option(rest, "--out")
+    batch_size, rest = _take_option(rest, "--batch-size")
+    seed, rest = _take_option(rest, "--seed")
+    if what not in ("golden", "onnx"):
+        raise ConfigError(f"export: accepts golden or onnx, got {what!r}")
+    if not (weights and out) or rest:
+        raise ConfigError(
+            f"export {what}: give --weights RUN_DIR|CKPT and --out PATH"
+            + (f"; unexpected: {' '.join(rest)}" if rest else "")
+        )
+    size, seed_value = _int_option("--batch-size", batch_size, 8), _int_option("--seed", seed, 0)
+    if what == "golden":
+        from mlenv.export.golden import export_golden
+
+        folder = export_golden(weights, out, size, seed_value)
+        print(f"golden vectors in {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
+    else:
+        from mlenv.export.onnx_export import export_onnx
+
+        export_onnx(weights, out, size, seed_value)
+    return 0
+
+
+def _int_option(name: str, value: str | None, default: int) -> int:
+    from mlenv.errors import ConfigError
+
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: accepts an integer, got {value!r}") from None
+    if number < 0 or (name == "--batch-size" and number == 0):
+        raise ConfigError(f"{name}: accepts a positive integer, got {number}")
+    return number
+
+
+def cmd_parity(argv: list[str]) -> int:
+    from mlenv.errors import ConfigError
+    from mlenv.export.parity import compare, format_rows
+
+    rtol, argv = _take_option(argv, "--rtol")
+    atol, argv = _take_option(argv, "--atol")
+    if len(argv) != 2:
+        raise ConfigError("parity: give two golden folders: mlenv parity DIR_A DIR_B")
+    try:
+        tolerances = {"rtol": float(rtol or 1e-5), "atol": float(atol or 1e-6)}
+    except ValueError:
+        raise ConfigError("--rtol/--atol: accept numbers") from None
+    rows = compare(Path(argv[0]), Path(argv[1]), **tolerances)
+    print(format_rows(rows))
+    return 1 if any(r.status not in ("ok", "missing") for r in rows) else 0
 
 
 def cmd_book(argv: list[str]) -> int:

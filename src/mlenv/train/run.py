@@ -86,3 +86,24 @@ def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = Non
     print(file=out)
     print(format_summary(summary), file=out)
     return RunResult(run.path if run else None, result.history, summary)
+
+
+def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "mlenv") -> tuple:
+    """``(trainer, config, checkpoint state, checkpoint path)`` for a trained checkpoint (a file or
+    a run folder): the model is built from the checkpoint's configuration and data state (no
+    training data needed); the weights are loaded by the caller after ``trainer.setup``."""
+    from mlenv.config import load_recipe, resolve
+    from mlenv.models import MODELS
+    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from mlenv.train.tasks import TRAINERS
+
+    path = resolve_checkpoint(weights, None)
+    state = load_checkpoint(path)
+    base = dict(state["config"])
+    argv = ["--progress", "false", *(overrides or [])]
+    cfg = resolve(load_recipe(base["recipe"]), argv, prog=prog, base=base)
+    data_state = state.get("extra", {}).get("data", {})
+    model = MODELS.create(cfg.model, **data_state.get("model_kwargs", {}), **cfg.model_args)
+    trainer = TRAINERS.get(cfg.trainer)(cfg.train, model, **cfg.task_args)
+    trainer.data_state = data_state
+    return trainer, cfg, state, path

@@ -534,10 +534,12 @@ class Trainer:
 
     def save(self, name: str = "last") -> bytes:
         """Write ``checkpoints/<name>.pt`` atomically; returns the bytes (for top-k copies)."""
+        from mlenv.runtime.distributed import is_main_process
         from mlenv.train.checkpoint import FORMAT_VERSION, atomic_write_bytes
 
         data = serialize({"format_version": FORMAT_VERSION, **self.state_dict()})
-        atomic_write_bytes(self.run.checkpoints / f"{name}.pt", data)
+        if is_main_process():  # under DDP every rank holds the same state; rank 0 writes it
+            atomic_write_bytes(self.run.checkpoints / f"{name}.pt", data)
         return data
 
     def resume_from(self, spec: str) -> None:

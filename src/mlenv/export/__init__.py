@@ -1,0 +1,1 @@
+"""Porting parity: golden vectors, ONNX export, and a comparison that finds the first divergence."""
