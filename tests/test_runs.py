@@ -55,7 +55,7 @@ def test_experiment_name_moves_the_run(runs_dir, capsys):
         )
         == 0
     )
-    assert [p.name for p in runs_dir.iterdir()] == ["mine"]
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["mine", "mlenv.db"]
 
 
 def test_fast_dev_run_writes_nothing(runs_dir, capsys):

@@ -24,6 +24,13 @@ commands:
                               weights, a fixed batch, activations, loss, gradients, one step
   export onnx --weights RUN_DIR|CKPT --out model.onnx   ONNX, checked against onnxruntime
   parity DIR_A DIR_B [--rtol R] [--atol A]   where two golden folders first disagree
+  repeat RECIPE --seeds 0-4 [--experiment NAME] [--flags]   one recipe over several seeds, a group
+  cv RECIPE --folds 5 [--repeats 2] [--experiment NAME] [--flags]   k-fold cross-validation, a group
+  compare GROUP_A GROUP_B [...] --metric test_acc [--alpha 0.05] [--plot PNG]   is it really better?
+  runs list [--experiment E] [--sort METRIC] | runs show ID | runs delete ID [--yes]
+  bench RECIPE|MODEL [--batch-sizes 1,32,256] [--input-shape 20] [--out FILE.jsonl]
+                              parameters, FLOPs, latency percentiles, throughput, peak memory
+  (runs, repeat, cv, compare take --store PATH; the default is runs/mlenv.db)
   args RECIPE [--flags]       print the fully resolved configuration as YAML (feed back: --config)
   list models|datasets|recipes|trainers
   demo [--flags]              train the digits MLP end to end and show where everything went
@@ -48,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         "book": cmd_book,
         "export": cmd_export,
         "parity": cmd_parity,
+        "repeat": cmd_repeat,
+        "cv": cmd_cv,
+        "compare": cmd_compare,
+        "runs": cmd_runs,
+        "bench": cmd_bench,
     }
     if command not in handlers:
         print(
@@ -353,6 +365,205 @@ def cmd_parity(argv: list[str]) -> int:
     rows = compare(Path(argv[0]), Path(argv[1]), **tolerances)
     print(format_rows(rows))
     return 1 if any(r.status not in ("ok", "missing") for r in rows) else 0
+
+
+def _store(path: str | None) -> Any:
+    from mlenv.errors import ConfigError
+    from mlenv.track.store import Store
+
+    target = Path(path or "runs/mlenv.db")
+    if not target.is_file():
+        raise ConfigError(
+            f"--store: {target} does not exist (train something first, or give --store PATH)"
+        )
+    return Store(target)
+
+
+def cmd_repeat(argv: list[str]) -> int:
+    from mlenv.bench.experiments import parse_seeds, repeat
+    from mlenv.config import load_recipe
+    from mlenv.errors import ConfigError
+
+    seeds, argv = _take_option(argv, "--seeds")
+    name, argv = _take_option(argv, "--experiment")
+    if not argv or argv[0].startswith("-") or not seeds:
+        raise ConfigError("repeat: usage: mlenv repeat RECIPE --seeds 0-4 [--experiment NAME] ...")
+    repeat(load_recipe(argv[0]), parse_seeds(seeds), argv[1:], name)
+    return 0
+
+
+def cmd_cv(argv: list[str]) -> int:
+    from mlenv.bench.experiments import cross_validate
+    from mlenv.config import load_recipe
+    from mlenv.errors import ConfigError
+
+    folds, argv = _take_option(argv, "--folds")
+    repeats, argv = _take_option(argv, "--repeats")
+    name, argv = _take_option(argv, "--experiment")
+    if not argv or argv[0].startswith("-"):
+        raise ConfigError("cv: usage: mlenv cv RECIPE --folds 5 [--repeats 2] [--experiment NAME]")
+    cross_validate(
+        load_recipe(argv[0]),
+        _int_option("--folds", folds, 5),
+        _int_option("--repeats", repeats, 1),
+        argv[1:],
+        name,
+    )
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    from mlenv.bench.experiments import compare_groups
+    from mlenv.errors import ConfigError
+
+    metric, argv = _take_option(argv, "--metric")
+    alpha, argv = _take_option(argv, "--alpha")
+    plot, argv = _take_option(argv, "--plot")
+    store, argv = _take_option(argv, "--store")
+    if len(argv) < 2 or any(a.startswith("-") for a in argv):
+        raise ConfigError(
+            "compare: usage: mlenv compare GROUP_A GROUP_B [...] --metric test_acc "
+            "[--alpha 0.05] [--plot PNG] [--store PATH]"
+        )
+    try:
+        level = float(alpha or 0.05)
+    except ValueError:
+        raise ConfigError(f"--alpha: accepts a number in (0, 1), got {alpha!r}") from None
+    if not 0 < level < 1:
+        raise ConfigError(f"--alpha: accepts a number in (0, 1), got {level}")
+    compare_groups(_store(store), argv, metric or "test_acc", level, plot)
+    return 0
+
+
+def cmd_runs(argv: list[str]) -> int:
+    import shutil
+
+    from mlenv.errors import ConfigError
+
+    store_path, argv = _take_option(argv, "--store")
+    what, rest = (argv[0], argv[1:]) if argv else ("", [])
+    store = _store(store_path)
+    if what == "list":
+        experiment, rest = _take_option(rest, "--experiment")
+        sort, rest = _take_option(rest, "--sort")
+        runs = store.runs(experiment)
+        if sort:
+            runs.sort(key=lambda r: r["summary"].get(sort, float("-inf")), reverse=True)
+        metric = sort or "test_acc"
+        print(f"{'id':24s} {'experiment':20s} {'member':16s} {'status':9s} {metric:>10s}  start")
+        for r in runs:
+            value = r["summary"].get(metric)
+            shown = f"{value:10.4f}" if value is not None else f"{'':10s}"
+            print(
+                f"{r['id']:24s} {r['experiment'][:20]:20s} {(r['member'] or '')[:16]:16s} "
+                f"{r['status']:9s} {shown}  {r['start']}"
+            )
+        return 0
+    if what in ("show", "delete"):
+        if not rest:
+            raise ConfigError(f"runs {what}: give a run id (`mlenv runs list`)")
+        run = store.run(rest[0])
+        if run is None:
+            raise ConfigError(f"runs {what}: no run {rest[0]!r} in {store.path}")
+        if what == "show":
+            import json
+
+            print(f"run {run['id']}  experiment {run['experiment']}  status {run['status']}")
+            print(f"folder {run['run_dir']}  device {run['device']}  git {run['git_commit']}")
+            print(
+                f"started {run['start']}  ended {run['end']}"
+                + (f"  error {run['error']}" if run["error"] else "")
+            )
+            print("config: " + json.dumps(json.loads(run["config"]), sort_keys=True))
+            rows: dict[int, dict[str, float]] = {}
+            for m in store.metrics(run["id"]):
+                rows.setdefault(m["step"], {})[m["name"]] = m["value"]
+            from mlenv.track.report import format_summary, format_table
+
+            if rows:
+                print(format_table([{"epoch": k, **v} for k, v in sorted(rows.items())]))
+            if run["summary"]:
+                print(format_summary(run["summary"]))
+            curve = Path(run["run_dir"] or "") / "plots" / "loss_curve.png"
+            print(f"loss curve: {curve if curve.is_file() else '(none)'}")
+            return 0
+        if "--yes" not in rest:
+            answer = input(f"delete run {run['id']} and its folder {run['run_dir']}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        store.delete_run(run["id"])
+        if run["run_dir"] and Path(run["run_dir"]).is_dir():
+            shutil.rmtree(run["run_dir"])
+        print(f"deleted run {run['id']}")
+        return 0
+    raise ConfigError(f"runs: accepts list, show or delete, got {what!r}")
+
+
+def cmd_bench(argv: list[str]) -> int:
+    import torch
+
+    from mlenv.bench.benchmark import append_results, benchmark_model, format_rows
+    from mlenv.config import load_recipe, recipe_names, resolve
+    from mlenv.errors import ConfigError
+    from mlenv.runtime.device import choose_device
+    from mlenv.runtime.threads import apply_threads
+
+    sizes, argv = _take_option(argv, "--batch-sizes")
+    shape, argv = _take_option(argv, "--input-shape")
+    out, argv = _take_option(argv, "--out")
+    threads, argv = _take_option(argv, "--threads")
+    device_name, argv = _take_option(argv, "--device")
+    if not argv or argv[0].startswith("-"):
+        raise ConfigError("bench: usage: mlenv bench RECIPE|MODEL [--batch-sizes 1,32,256] ...")
+    try:
+        batch_sizes = [int(v) for v in (sizes or "1,32,256").split(",")]
+    except ValueError:
+        raise ConfigError(f"--batch-sizes: accepts integers like 1,32,256, got {sizes!r}") from None
+    device = choose_device(device_name or "auto")
+    apply_threads(_int_option("--threads", threads, torch.get_num_threads()))
+    target = argv[0]
+    if target in recipe_names() or target.endswith(".yaml"):
+        from mlenv.train.run import build
+
+        cfg = resolve(load_recipe(target), [*argv[1:], "--progress", "false"], prog="mlenv bench")
+        bundle, model, trainer_cls = build(cfg)
+        trainer = trainer_cls(cfg.train, model, **cfg.task_args)
+        tensors = [t.to(device) for t in bundle.train]
+        trainer.setup(tensors[0][:1], 1)
+        apply_threads(_int_option("--threads", threads, trainer.threads or 1))
+        model = trainer.model
+
+        def make_batch(n: int) -> tuple:
+            rows = torch.arange(n) % len(tensors[0])
+            return tuple(t[rows] for t in tensors)
+
+        def loss_of(batch: tuple) -> Any:
+            return trainer.compute_loss(batch)[0]
+    else:
+        from mlenv.models import MODELS
+
+        if not shape:
+            raise ConfigError(
+                f"bench {target}: a model name needs --input-shape (e.g. 20, or "
+                "1,28,28), or give a recipe"
+            )
+        dims = [int(v) for v in shape.split(",")]
+        kwargs = {"in_features": dims[0]} if len(dims) == 1 else {}
+        model = MODELS.create(target, **kwargs)
+
+        def make_batch(n: int) -> tuple:
+            return (torch.randn(n, *dims, device=device),)
+
+        def loss_of(batch: tuple) -> Any:
+            out = model(batch[0])
+            return (out[0] if isinstance(out, tuple) else out).float().pow(2).mean()
+
+    rows = benchmark_model(target, model, make_batch, loss_of, batch_sizes, device)
+    print(format_rows(rows))
+    path = append_results(rows, out or "runs/bench.jsonl")
+    print(f"appended {len(rows)} rows to {path}")
+    return 0
 
 
 def cmd_book(argv: list[str]) -> int:

@@ -74,9 +74,12 @@ class TrainConfig:
     patience: int = 5
     min_delta: float = 0.0
     resume: str | None = None
-    # runs
+    # runs and trackers
     experiment: str | None = None
     runs_dir: str = "runs"
+    store: str | None = None  # the SQLite experiment store; default <runs_dir>/mlenv.db
+    wandb: bool = False
+    mlflow: bool = False
 
     def __post_init__(self) -> None:
         for name, tp in TRAIN_TYPES.items():

@@ -12,19 +12,40 @@ from sklearn.preprocessing import StandardScaler
 from mlenv.data import DataBundle, register_dataset
 
 
-def split_three(x: np.ndarray, y: np.ndarray, val_size: float, test_size: float, seed: int):
-    """Stratified train/val/test split; ``val_size`` is a fraction of the whole."""
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
+def split_three(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_size: float,
+    test_size: float,
+    seed: int,
+    folds: int = 0,
+    fold: int = 0,
+    cv_repeat: int = 0,
+):
+    """Stratified train/val/test split; ``val_size`` is a fraction of the whole. With ``folds``,
+    fold ``fold`` is the test split."""
+    if folds:
+        from mlenv.data.splits import fold_indices
+
+        rest, test = fold_indices(y, folds, fold, seed, cv_repeat)
+        x_rest, x_test, y_rest, y_test = x[rest], x[test], y[rest], y[test]
+        test_size = len(test) / len(y)
+    else:
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=test_size, random_state=seed, stratify=y
+        )
     x_train, x_val, y_train, y_val = train_test_split(
         x_rest, y_rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=y_rest
     )
     return (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
-def _bundle(x, y, seed, val_size, test_size, normalize, y_dtype, name) -> DataBundle:
-    (xtr, ytr), (xva, yva), (xte, yte) = split_three(x, y, val_size, test_size, seed)
+def _bundle(
+    x, y, seed, val_size, test_size, normalize, y_dtype, name, folds=0, fold=0, cv_repeat=0
+) -> DataBundle:
+    (xtr, ytr), (xva, yva), (xte, yte) = split_three(
+        x, y, val_size, test_size, seed, folds, fold, cv_repeat
+    )
     if normalize == "standard":
         scaler = StandardScaler().fit(xtr)  # fitted on the training split only
         xtr, xva, xte = (scaler.transform(a) for a in (xtr, xva, xte))
@@ -51,13 +72,26 @@ def digits(
     val_size: float = 0.1,
     test_size: float = 0.2,
     normalize: Literal["standard", "unit", "none"] = "standard",
+    folds: int = 0,
+    fold: int = 0,
+    cv_repeat: int = 0,
 ) -> DataBundle:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), flattened to 64 features."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     return _bundle(
-        data.data, data.target, seed, val_size, test_size, normalize, torch.long, "digits"
+        data.data,
+        data.target,
+        seed,
+        val_size,
+        test_size,
+        normalize,
+        torch.long,
+        "digits",
+        folds,
+        fold,
+        cv_repeat,
     )
 
 
@@ -67,11 +101,24 @@ def breast_cancer(
     val_size: float = 0.1,
     test_size: float = 0.2,
     normalize: Literal["standard", "unit", "none"] = "standard",
+    folds: int = 0,
+    fold: int = 0,
+    cv_repeat: int = 0,
 ) -> DataBundle:
     """scikit-learn's Wisconsin breast cancer data (569 rows, 30 features, 2 classes)."""
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
     return _bundle(
-        data.data, data.target, seed, val_size, test_size, normalize, torch.long, "breast-cancer"
+        data.data,
+        data.target,
+        seed,
+        val_size,
+        test_size,
+        normalize,
+        torch.long,
+        "breast-cancer",
+        folds,
+        fold,
+        cv_repeat,
     )

@@ -261,8 +261,17 @@ class TabularSplit:
         }
 
 
-def split_table(table: TabularTable, test_size: float, val_size: float, seed: int) -> TabularSplit:
-    """Stratified train/(val)/test split with ``seed``; scaler and imputation from train rows."""
+def split_table(
+    table: TabularTable,
+    test_size: float,
+    val_size: float,
+    seed: int,
+    folds: int = 0,
+    fold: int = 0,
+    cv_repeat: int = 0,
+) -> TabularSplit:
+    """Stratified train/(val)/test split with ``seed`` (or, with ``folds``, fold ``fold`` as the
+    test rows); scaler and imputation from the training rows only."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
@@ -274,9 +283,15 @@ def split_table(table: TabularTable, test_size: float, val_size: float, seed: in
         )
     index = np.arange(len(table.labels))
     try:
-        train, test = train_test_split(
-            index, test_size=test_size, random_state=seed, stratify=table.labels
-        )
+        if folds:
+            from mlenv.data.splits import fold_indices
+
+            train, test = fold_indices(table.labels, folds, fold, seed, cv_repeat)
+            test_size = len(test) / len(index)
+        else:
+            train, test = train_test_split(
+                index, test_size=test_size, random_state=seed, stratify=table.labels
+            )
         val = np.array([], dtype=np.int64)
         if val_size > 0:
             train, val = train_test_split(
@@ -341,13 +356,16 @@ def load_split(
     val_size: float = 0.0,
     missing: MissingPolicy = "error",
     drop_constant: bool = False,
+    folds: int = 0,
+    fold: int = 0,
+    cv_repeat: int = 0,
 ) -> TabularSplit:
     if not 0 < test_size < 1:
         raise DataError(f"test_size: accepts a fraction in (0, 1), got {test_size}")
     if not 0 <= val_size < 1 - test_size:
         raise DataError(f"val_size: accepts a fraction in [0, 1 - test_size), got {val_size}")
     table = read_table(data, target, no_header, missing, drop_constant)
-    return split_table(table, test_size, val_size, seed)
+    return split_table(table, test_size, val_size, seed, folds, fold, cv_repeat)
 
 
 @register_dataset("tabular-csv", provides=("in_features",))
@@ -361,9 +379,25 @@ def tabular_csv(
     missing: MissingPolicy = "error",
     drop_constant: bool = False,
     save_split: str = "",
+    folds: int = 0,
+    fold: int = 0,
+    cv_repeat: int = 0,
 ) -> DataBundle:
-    """A CSV of numeric features and a two-valued label (the last column unless --target)."""
-    split = load_split(data, seed, target, no_header, test_size, val_size, missing, drop_constant)
+    """A CSV of numeric features and a two-valued label (the last column unless --target).
+    ``folds``/``fold``/``cv_repeat`` select a cross-validation fold as the test rows."""
+    split = load_split(
+        data,
+        seed,
+        target,
+        no_header,
+        test_size,
+        val_size,
+        missing,
+        drop_constant,
+        folds,
+        fold,
+        cv_repeat,
+    )
     t = split.table
 
     def pack(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import math
-import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ from mlenv.train.checkpoint import atomic_write_bytes
 
 
 def new_run_id() -> str:
-    """Sortable by start time, unique across processes started in the same second."""
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 100000:05d}"
+    """Sortable by start time; the random suffix keeps runs started in the same second (in one
+    process or many) apart."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(3)}"
 
 
 class Run:
@@ -30,10 +31,20 @@ class Run:
         self._writer: Any = None
         self._step_buffer: list[tuple[str, float, int]] = []
         self.config_text: str | None = None  # written by start()
+        self.store: Any = None  # the experiment store, when the run is recorded in one
+        self.trackers: list[Any] = []  # optional W&B / MLflow writers
 
     @classmethod
     def create(cls, runs_dir: str | Path, experiment: str, run_id: str | None = None) -> Run:
-        return cls(Path(runs_dir) / experiment / (run_id or new_run_id()))
+        """A new, empty run folder (never an existing run's)."""
+        while True:
+            path = Path(runs_dir) / experiment / (run_id or new_run_id())
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                return cls(path)
+            except FileExistsError:
+                if run_id is not None:
+                    raise
 
     # -- files ----------------------------------------------------------------------------------
     def write_text(self, name: str, text: str) -> Path:
@@ -82,12 +93,25 @@ class Run:
         for name, value, step in self._step_buffer:
             self.writer.add_scalar(f"step/{name}", value, step)
         self._step_buffer.clear()
-        for name, value in metrics.items():
-            if isinstance(value, int | float) and name != "epoch":
-                self.writer.add_scalar(f"epoch/{name}", value, epoch)
+        numbers = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "epoch"
+        }
+        for name, value in numbers.items():
+            self.writer.add_scalar(f"epoch/{name}", value, epoch)
         self.writer.flush()
+        if self.store is not None:
+            self.store.log_metrics(self.id, epoch, numbers)
+        for tracker in self.trackers:
+            tracker.log(numbers, epoch)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
 
     def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
         if self._writer is not None:
             self._writer.close()
             self._writer = None

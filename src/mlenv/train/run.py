@@ -40,24 +40,72 @@ def build(cfg: RunConfig) -> tuple[Any, Any, Any]:
     return bundle, model, TRAINERS.get(cfg.trainer)
 
 
-def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = None) -> RunResult:
-    """Train ``cfg`` end to end; with ``run_dir`` (an existing run folder) continue that run."""
+def run_recipe(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    out: Any = None,
+    group_id: int | None = None,
+    member: str | None = None,
+) -> RunResult:
+    """Train ``cfg`` end to end; with ``run_dir`` (an existing run folder) continue that run.
+    The run is recorded in the experiment store (``group_id``/``member`` for repeats and folds)."""
     from mlenv.runtime.seed import seed_everything
-    from mlenv.track.plots import plot_loss_curve
     from mlenv.track.run import Run
+    from mlenv.track.store import Store
+    from mlenv.track.trackers import make_trackers
+    from mlenv.train.trainer import TrainingInterrupted
 
     out = out or sys.stdout
     c = cfg.train
     seed_everything(c.seed, c.deterministic)
     bundle, model, trainer_cls = build(cfg)
-    run = None
+    run = store = None
+    experiment = c.experiment or cfg.recipe
     if not c.fast_dev_run:
-        run = Run(run_dir) if run_dir else Run.create(c.runs_dir, c.experiment or cfg.recipe)
+        run = Run(run_dir) if run_dir else Run.create(c.runs_dir, experiment)
         run.config_text = cfg.to_yaml()
+        store = Store(c.store or Path(c.runs_dir) / "mlenv.db")
+        run.store = store
+        run.trackers = make_trackers(
+            c.wandb, c.mlflow, experiment, run.id, cfg.to_flat(), str(run.path)
+        )
     trainer = trainer_cls(c, model, run=run, run_config=cfg.to_flat(), **cfg.task_args)
     trainer.data_state = {**bundle.state, "model_kwargs": bundle.model_kwargs}
     for key, value in bundle.info.items():
         print(f"{key}: {value}", file=out)
+    if store is not None:
+        store.start_run(
+            run.id,
+            experiment,
+            cfg.to_flat(),
+            run_dir=str(run.path),
+            recipe=cfg.recipe,
+            group_id=group_id,
+            member=member,
+            device=str(trainer.device),
+        )
+    try:
+        summary = _train_and_summarise(cfg, bundle, trainer, run, out)
+    except TrainingInterrupted as exc:
+        if store is not None:
+            store.finish_run(run.id, "killed", error=str(exc))
+        raise
+    except BaseException as exc:
+        if store is not None:
+            store.finish_run(run.id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if store is not None:
+        store.finish_run(run.id, "finished", summary)
+        store.close()
+    return RunResult(run.path if run else None, trainer.history, summary)
+
+
+def _train_and_summarise(
+    cfg: RunConfig, bundle: Any, trainer: Any, run: Any, out: Any
+) -> dict[str, Any]:
+    from mlenv.track.plots import plot_loss_curve
+
+    c = cfg.train
     started = time.time()
     result = trainer.fit(bundle.train, bundle.val)
     print(format_table(result.history), file=out)
@@ -85,7 +133,7 @@ def run_recipe(cfg: RunConfig, run_dir: str | Path | None = None, out: Any = Non
         summary["fast_dev_run"] = "ok: one batch of train and validation ran; nothing written"
     print(file=out)
     print(format_summary(summary), file=out)
-    return RunResult(run.path if run else None, result.history, summary)
+    return summary
 
 
 def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "mlenv") -> tuple:

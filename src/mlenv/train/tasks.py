@@ -129,6 +129,20 @@ class BinaryTrainer(Trainer):
         probability = self.predict(bundle.test).numpy()
         labels = bundle.state.get("label_values", ["0", "1"])
         if run is not None:
+            import pandas as pd
+
+            from mlenv.train.checkpoint import atomic_write_bytes
+
+            table = pd.DataFrame(
+                {
+                    "row": range(len(y_test)),
+                    "label": y_test.numpy().astype(int),
+                    "probability": probability,
+                    "predicted": (probability > self.threshold).astype(int),
+                }
+            )
+            csv = table.to_csv(index=False, float_format="%.8g").encode()
+            atomic_write_bytes(run.path / "test_predictions.csv", csv)
             plot_confusion(
                 y_test.numpy(),
                 probability > self.threshold,

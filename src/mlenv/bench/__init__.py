@@ -1,0 +1,1 @@
+"""Measurement and statistics: repeats and cross-validation, significance tests, model benchmarks."""

@@ -1,0 +1,135 @@
+"""The cost of a model, measured the same way every time: parameters, FLOPs per sample, forward
+latency percentiles, training and inference throughput, peak memory, threads, device, versions."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+WARMUP = 5
+MIN_ITERS, MAX_ITERS, BUDGET_S = 10, 200, 1.0
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> list[float]:
+    """Seconds per call after a warm-up, until the time budget or the iteration cap."""
+    for _ in range(WARMUP):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MIN_ITERS or (
+        len(times) < MAX_ITERS and time.perf_counter() - start < BUDGET_S
+    ):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def flops_per_sample(model: nn.Module, example: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example[:1])
+    return float(counter.get_total_flops())
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def benchmark_model(
+    name: str,
+    model: nn.Module,
+    make_batch: Callable[[int], Any],
+    loss_of: Callable[[Any], torch.Tensor],
+    batch_sizes: list[int],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """One row per batch size. ``make_batch(n)`` gives a batch on ``device``; ``loss_of(batch)``
+    a scalar loss (forward included) for the training step."""
+    import platform
+
+    model.to(device)
+    params = sum(p.numel() for p in model.parameters())
+    first = make_batch(1)
+    flops = flops_per_sample(model, first[0] if isinstance(first, tuple | list) else first)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    rows = []
+    for bs in batch_sizes:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        batch = make_batch(bs)
+        inputs = batch[0] if isinstance(batch, tuple | list) else batch
+        model.eval()
+        with torch.no_grad():
+            latency = np.array(_timed(lambda inputs=inputs: model(inputs), device))
+
+        def train_step(batch=batch) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(batch).backward()
+            optimizer.step()
+
+        model.train()
+        train = np.array(_timed(train_step, device))
+        memory, memory_kind = peak_memory_mb(device)
+        rows.append(
+            {
+                "model": name,
+                "batch_size": bs,
+                "parameters": params,
+                "flops_per_sample": flops,
+                "latency_ms_p50": float(np.percentile(latency, 50) * 1e3),
+                "latency_ms_p90": float(np.percentile(latency, 90) * 1e3),
+                "latency_ms_p99": float(np.percentile(latency, 99) * 1e3),
+                "inference_samples_per_s": bs / float(np.median(latency)),
+                "train_samples_per_s": bs / float(np.median(train)),
+                "peak_memory_mb": memory,
+                "memory_kind": memory_kind,
+                "threads": torch.get_num_threads(),
+                "device": str(device),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
+    return rows
+
+
+def append_results(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'batch':>6s} {'params':>9s} {'MFLOP/sample':>12s} {'p50 ms':>8s} {'p90 ms':>8s} "
+        f"{'p99 ms':>8s} {'infer/s':>10s} {'train/s':>10s} {'peak MB':>8s}"
+    )
+    lines = [f"model {rows[0]['model']} on {rows[0]['device']}, {rows[0]['threads']} threads", head]
+    for r in rows:
+        lines.append(
+            f"{r['batch_size']:6d} {r['parameters']:9d} {r['flops_per_sample'] / 1e6:12.3f} "
+            f"{r['latency_ms_p50']:8.3f} {r['latency_ms_p90']:8.3f} "
+            f"{r['latency_ms_p99']:8.3f} {r['inference_samples_per_s']:10.0f} "
+            f"{r['train_samples_per_s']:10.0f} {r['peak_memory_mb']:8.1f}"
+        )
+    return "\n".join(lines)

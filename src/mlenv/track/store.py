@@ -1,0 +1,318 @@
+"""The experiment store: one SQLite file (WAL mode) indexing every run, its configuration, its
+per-epoch metrics and its final summary, and the groups that repeats and cross-validations make.
+
+Many processes may write at once (sweep workers, repeats): every write is one short transaction,
+SQLite's busy timeout waits for the lock, and a run records its host and process id, so a run whose
+process died without a word (SIGKILL, power loss) is shown as ``killed``, not ``running`` forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- repeat | cv
+    recipe TEXT NOT NULL,
+    config TEXT NOT NULL,            -- JSON: the shared configuration and the plan (seeds, folds)
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    group_id INTEGER REFERENCES groups(id),
+    member TEXT,                     -- seed=3, or repeat=0,fold=2: what pairs runs across groups
+    run_dir TEXT,
+    recipe TEXT,
+    config TEXT NOT NULL,            -- JSON
+    git_commit TEXT,
+    versions TEXT,                   -- JSON
+    device TEXT,
+    host TEXT,
+    pid INTEGER,
+    start TEXT NOT NULL,
+    end TEXT,
+    status TEXT NOT NULL,            -- running | finished | failed | killed
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name, step);
+CREATE TABLE IF NOT EXISTS summaries (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def git_commit(folder: str | Path = ".") -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+    import torch
+
+    from mlenv import __version__
+
+    return {
+        "mlenv": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """``Store(path)``: opens (and creates) the database; every method is one transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so
+        concurrent writers queue instead of failing half-way."""
+        for attempt in range(20):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- writing --------------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> int:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO experiments(name, created) VALUES (?, ?)", (name, now())
+            )
+            return db.execute("SELECT id FROM experiments WHERE name = ?", (name,)).fetchone()[0]
+
+    def create_group(self, name: str, kind: str, recipe: str, config: dict[str, Any]) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO groups(name, kind, recipe, config, created) VALUES (?, ?, ?, ?, ?)",
+                (name, kind, recipe, json.dumps(config, default=str), now()),
+            )
+            return int(cursor.lastrowid)
+
+    def start_run(
+        self,
+        run_id: str,
+        experiment: str,
+        config: dict[str, Any],
+        *,
+        run_dir: str | None = None,
+        recipe: str | None = None,
+        group_id: int | None = None,
+        member: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        experiment_id = self.experiment_id(experiment)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runs(id, experiment_id, group_id, member, run_dir, recipe,"
+                " config, git_commit, versions, device, host, pid, start, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                (
+                    run_id,
+                    experiment_id,
+                    group_id,
+                    member,
+                    run_dir,
+                    recipe,
+                    json.dumps(config, default=str),
+                    git_commit(),
+                    json.dumps(versions()),
+                    device,
+                    socket.gethostname(),
+                    os.getpid(),
+                    now(),
+                ),
+            )
+
+    def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
+        rows = [
+            (run_id, step, k, float(v)) for k, v in values.items() if isinstance(v, int | float)
+        ]
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)", rows
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        summary: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        rows = [
+            (run_id, k, float(v))
+            for k, v in (summary or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, end = ?, error = ? WHERE id = ?",
+                (status, now(), error, run_id),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO summaries(run_id, name, value) VALUES (?, ?, ?)", rows
+            )
+
+    def delete_run(self, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM summaries WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    # -- reading --------------------------------------------------------------------------------
+    def mark_dead_runs(self) -> None:
+        """Runs still ``running`` whose process on this host is gone were killed."""
+        host = socket.gethostname()
+        rows = self._db.execute(
+            "SELECT id, pid FROM runs WHERE status = 'running' AND host = ?", (host,)
+        ).fetchall()
+        dead = [r["id"] for r in rows if r["pid"] is not None and not _alive(r["pid"])]
+        if dead:
+            with self.transaction() as db:
+                db.executemany(
+                    "UPDATE runs SET status = 'killed' WHERE id = ? AND status = 'running'",
+                    [(d,) for d in dead],
+                )
+
+    def runs(self, experiment: str | None = None, group_id: int | None = None) -> list[dict]:
+        self.mark_dead_runs()
+        query = (
+            "SELECT runs.*, experiments.name AS experiment FROM runs "
+            "JOIN experiments ON experiments.id = runs.experiment_id"
+        )
+        where, args = [], []
+        if experiment is not None:
+            where.append("experiments.name = ?")
+            args.append(experiment)
+        if group_id is not None:
+            where.append("runs.group_id = ?")
+            args.append(group_id)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        rows = [dict(r) for r in self._db.execute(query + " ORDER BY runs.start, runs.id", args)]
+        summaries = self._summaries([r["id"] for r in rows])
+        for row in rows:
+            row["summary"] = summaries.get(row["id"], {})
+        return rows
+
+    def _summaries(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                f"SELECT run_id, name, value FROM summaries WHERE run_id IN ({marks})", chunk
+            ):
+                out.setdefault(r["run_id"], {})[r["name"]] = r["value"]
+        return out
+
+    def run(self, run_id: str) -> dict | None:
+        self.mark_dead_runs()
+        row = self._db.execute(
+            "SELECT runs.*, experiments.name AS experiment FROM runs JOIN experiments ON "
+            "experiments.id = runs.experiment_id WHERE runs.id = ? OR runs.id LIKE ?",
+            (run_id, f"%{run_id}"),
+        ).fetchall()
+        if len(row) != 1:
+            return None
+        run = dict(row[0])
+        run["summary"] = self._summaries([run["id"]]).get(run["id"], {})
+        return run
+
+    def metrics(self, run_id: str) -> list[dict]:
+        return [
+            dict(r)
+            for r in self._db.execute(
+                "SELECT step, name, value FROM metrics WHERE run_id = ? ORDER BY step, rowid",
+                (run_id,),
+            )
+        ]
+
+    def metric_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0])
+
+    def group(self, name_or_id: str) -> dict | None:
+        """A group by id, or the newest group with that name."""
+        if name_or_id.isdigit():
+            row = self._db.execute("SELECT * FROM groups WHERE id = ?", (int(name_or_id),))
+        else:
+            row = self._db.execute(
+                "SELECT * FROM groups WHERE name = ? ORDER BY id DESC LIMIT 1", (name_or_id,)
+            )
+        found = row.fetchone()
+        if found is None:
+            return None
+        group = dict(found)
+        group["config"] = json.loads(group["config"])
+        return group
