@@ -147,7 +147,7 @@ def load_group(store: Any, spec: str, metric: str) -> Group:
         group["kind"],
         group["config"],
         {r["member"]: r["summary"][metric] for r in runs},
-        {r["member"]: r["run_dir"] for r in runs},
+        {r["member"]: r["run_dir"] for r in runs if r["run_dir"]},
     )
 
 
