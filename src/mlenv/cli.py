@@ -209,26 +209,19 @@ def cmd_demo(argv: list[str]) -> int:
 
 def cmd_test(argv: list[str]) -> int:
     """Evaluate a checkpoint on its recipe's test split (the split is rebuilt from its seed)."""
-    from mlenv.config import load_recipe, resolve
     from mlenv.errors import ConfigError
     from mlenv.track.report import format_summary
-    from mlenv.train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-    from mlenv.train.run import build
+    from mlenv.train.checkpoint import load_model_state
+    from mlenv.train.run import build, load_trained
 
     weights, argv = _take_option(argv, "--weights")
     if not weights:
         raise ConfigError("test: give the checkpoint with --weights PATH|RUN_DIR")
-    path = resolve_checkpoint(weights, None)
-    state = load_checkpoint(path)
-    base = dict(state["config"])
-    recipe = load_recipe(base["recipe"])
-    cfg = resolve(recipe, ["--progress", "false", *argv], prog="mlenv test", base=base)
-    bundle, model, trainer_cls = build(cfg)
+    trainer, cfg, state, path = load_trained(weights, argv, "mlenv test")
+    bundle, _, _ = build(cfg)
     split = bundle.test if bundle.test is not None else bundle.val
-    trainer = trainer_cls(cfg.train, model, **cfg.task_args)
     trainer.setup(trainer.to_device(next(iter(trainer._batches(split, False)))), 1)
     load_model_state(trainer.raw_model, state["model"], path)
-    trainer.load_extra_state(state.get("extra", {}))
     metrics = trainer.evaluate(split, prefix="test" if bundle.test is not None else "val")
     print(format_summary({"checkpoint": str(path), **metrics}))
     return 0
