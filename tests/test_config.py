@@ -25,7 +25,7 @@ def run_cli(capsys, *argv):
         (["--precision", "8"], "\"precision\": Expected a typing.Literal['32', 'bf16', '16']"),
         (["--bogus", "3"], "unknown key 'bogus'; allowed keys: accumulate, activation"),
         (["--epochz", "3"], "unknown key 'epochz' (did you mean 'epochs'?)"),
-        (["--warmup-epochs", "1"], "unknown key 'warmup-epochs' (did you mean 'warmup_epochs'?)"),
+        (["--warmup-epoch", "1"], "unknown key 'warmup-epoch'"),
         (["--device", "tpu"], "device: accepts auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
     ],
 )
@@ -67,6 +67,13 @@ def test_precedence_defaults_recipe_config_file_command_line(capsys, tmp_path):
     cfg = resolve(recipe, ["--config", str(path), "--lr", "0.5"])
     assert cfg.train.epochs == 7  # file over recipe
     assert cfg.train.lr == 0.5  # command line over file
+
+
+def test_hyphenated_flags_are_accepted(capsys):
+    code, out, _ = run_cli(capsys, "args", "digits-mlp", "--test-size", "0.3", "--save-every=2")
+    assert code == 0
+    values = yaml.safe_load(out)
+    assert values["test_size"] == 0.3 and values["save_every"] == 2
 
 
 def test_args_output_feeds_back_with_config(capsys, tmp_path):

@@ -72,3 +72,37 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "test accuracy:" in out and "loss curve:" in out
     assert list((tmp_path / "runs" / "demo").glob("*/plots/loss_curve.png"))
+
+
+def test_a_nan_loss_stops_the_run_and_summary_says_why(runs_dir, capsys):
+    code = main(
+        [
+            "train",
+            "digits-mlp",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e12",
+            "--optimizer",
+            "sgd",
+            "--runs_dir",
+            str(runs_dir),
+            "--progress",
+            "false",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "non-finite loss at epoch" in err and "first non-finite output" in err
+    (summary_file,) = runs_dir.glob("digits-mlp/*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["status"] == "failed" and "non-finite loss" in summary["stop_reason"]
+
+
+def test_resume_last_continues_the_newest_run(runs_dir, capsys):
+    base = ["train", "digits-mlp", "--runs_dir", str(runs_dir), "--progress", "false"]
+    assert main([*base, "--epochs", "2"]) == 0
+    assert main([*base, "--epochs", "4", "--resume", "last"]) == 0
+    (run,) = (runs_dir / "digits-mlp").iterdir()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]

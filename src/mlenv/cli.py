@@ -81,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
-    """Remove ``--name VALUE`` or ``--name=VALUE`` from argv."""
+    """Remove ``--name VALUE`` or ``--name=VALUE`` from argv (``-`` and ``_`` alike)."""
+    spellings = {name, "--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")}
     for i, token in enumerate(argv):
-        if token == name and i + 1 < len(argv):
-            return argv[i + 1], argv[:i] + argv[i + 2 :]
-        if token.startswith(name + "="):
-            return token.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+        flag, eq, value = token.partition("=")
+        if flag in spellings:
+            if eq:
+                return value, argv[:i] + argv[i + 1 :]
+            if i + 1 < len(argv):
+                return argv[i + 1], argv[:i] + argv[i + 2 :]
     return None, argv
 
 

@@ -353,6 +353,7 @@ def resolve(
     from jsonargparse import ArgumentError
 
     parser = build_parser(recipe, prog)
+    argv = _underscore_flags(argv, {a.dest for a in parser._actions})
     argv = _bracket_lists(argv, parser.mlenv_list_flags)
     if base:
         base = {k: v for k, v in base.items() if k != "recipe"}
@@ -385,6 +386,19 @@ def resolve(
         train=TrainConfig(**values),
         task_args=task_args,
     )
+
+
+def _underscore_flags(argv: list[str], known: set[str]) -> list[str]:
+    """Accept ``--test-size`` for ``--test_size``: the spelling most command lines use."""
+    out = []
+    for token in argv:
+        flag, eq, value = token.partition("=")
+        if flag.startswith("--") and "-" in flag[2:]:
+            candidate = flag[2:].replace("-", "_")
+            if candidate in known:
+                token = f"--{candidate}{eq}{value}"
+        out.append(token)
+    return out
 
 
 def _bracket_lists(argv: list[str], list_flags: set[str]) -> list[str]:

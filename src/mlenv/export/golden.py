@@ -122,17 +122,19 @@ def export_golden(weights: str, out: str | Path, batch_size: int = 8, seed: int 
 
     # forward with every activation, then the loss and one backward pass
     trainer.optimizer.zero_grad(set_to_none=True)
-    order, activations, (loss, predictions) = capture_activations(
-        model, lambda: trainer.forward_pass((batch["x"], batch["y"]))
+    order, activations, (loss, terms, predictions) = capture_activations(
+        model, lambda: trainer.compute_loss((batch["x"], batch["y"]))
     )
     loss.backward()
-    activations["predictions"] = predictions.detach()
-    order.append("predictions")
+    if isinstance(predictions, torch.Tensor):
+        activations["predictions"] = predictions.detach()
+        order.append("predictions")
     _save(out / "activations.safetensors", activations)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     _save(out / "grads.safetensors", grads)
     loss_info = {
         "loss": loss.item(),
+        "terms": {name: term.item() for name, term in terms.items()},
         "criterion": type(trainer.criterion).__name__,
         "reduction": "mean over the batch",
     }

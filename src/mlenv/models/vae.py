@@ -31,7 +31,9 @@ class VAE(BaseModel):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        # reparameterisation while training; the mean in eval mode, so evaluation and exported
+        # golden vectors are deterministic
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar  # reconstruction logits (B, in), (B, latent) x2
 
 

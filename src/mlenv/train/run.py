@@ -49,6 +49,7 @@ def run_recipe(
 ) -> RunResult:
     """Train ``cfg`` end to end; with ``run_dir`` (an existing run folder) continue that run.
     The run is recorded in the experiment store (``group_id``/``member`` for repeats and folds)."""
+    from mlenv.errors import TrainingError
     from mlenv.runtime.seed import seed_everything
     from mlenv.track.run import Run
     from mlenv.track.store import Store
@@ -61,6 +62,8 @@ def run_recipe(
     bundle, model, trainer_cls = build(cfg)
     run = store = None
     experiment = c.experiment or cfg.recipe
+    if c.resume in ("last", "best") and run_dir is None:
+        run_dir = latest_run(c.runs_dir, experiment, c.resume)
     if not c.fast_dev_run:
         run = Run(run_dir) if run_dir else Run.create(c.runs_dir, experiment)
         run.config_text = cfg.to_yaml()
@@ -91,6 +94,16 @@ def run_recipe(
             store.finish_run(run.id, "killed", error=str(exc))
         raise
     except BaseException as exc:
+        if run is not None and isinstance(exc, TrainingError):  # e.g. a NaN loss: say why
+            run.write_summary(
+                {
+                    "recipe": cfg.recipe,
+                    "epochs": trainer.epoch,
+                    "stop_reason": str(exc),
+                    "status": "failed",
+                    "history": trainer.history,
+                }
+            )
         if store is not None:
             store.finish_run(run.id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -98,6 +111,20 @@ def run_recipe(
         store.finish_run(run.id, "finished", summary)
         store.close()
     return RunResult(run.path if run else None, trainer.history, summary)
+
+
+def latest_run(runs_dir: str | Path, experiment: str, checkpoint: str) -> Path:
+    """The newest run folder of ``experiment`` that holds ``checkpoints/<checkpoint>.pt``."""
+    from mlenv.errors import CheckpointError
+
+    folder = Path(runs_dir) / experiment
+    runs = sorted(folder.glob(f"*/checkpoints/{checkpoint}.pt")) if folder.is_dir() else []
+    if not runs:
+        raise CheckpointError(
+            f"resume: no run of experiment {experiment!r} in {runs_dir} has a "
+            f"{checkpoint!r} checkpoint"
+        )
+    return runs[-1].parent.parent
 
 
 def _train_and_summarise(
@@ -151,7 +178,9 @@ def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "
     argv = ["--progress", "false", *(overrides or [])]
     cfg = resolve(load_recipe(base["recipe"]), argv, prog=prog, base=base)
     data_state = state.get("extra", {}).get("data", {})
-    model = MODELS.create(cfg.model, **data_state.get("model_kwargs", {}), **cfg.model_args)
+    params = inspect.signature(MODELS.get(cfg.model)).parameters
+    from_data = {k: v for k, v in data_state.get("model_kwargs", {}).items() if k in params}
+    model = MODELS.create(cfg.model, **from_data, **cfg.model_args)
     trainer = TRAINERS.get(cfg.trainer)(cfg.train, model, **cfg.task_args)
     trainer.data_state = data_state
     return trainer, cfg, state, path
