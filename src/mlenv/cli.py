@@ -232,14 +232,8 @@ def cmd_test(argv: list[str]) -> int:
 
 def cmd_predict(argv: list[str]) -> int:
     """Probability and predicted label (original values) for every row of a CSV."""
-    import numpy as np
-    import pandas as pd
-    import torch
-
-    from mlenv.data.tabular import read_for_prediction
     from mlenv.errors import ConfigError
-    from mlenv.train.checkpoint import atomic_write_bytes, load_model_state
-    from mlenv.train.run import load_trained
+    from mlenv.train.run import predict_csv
 
     weights, argv = _take_option(argv, "--weights")
     data, argv = _take_option(argv, "--data")
@@ -247,32 +241,11 @@ def cmd_predict(argv: list[str]) -> int:
     no_header, argv = _take_option(argv, "--no_header")
     if not (weights and data and out):
         raise ConfigError("predict: give --weights RUN_DIR|CKPT, --data NEW.csv and --out FILE")
-    trainer, cfg, state, path = load_trained(weights, argv, "mlenv predict")
-    data_state = state.get("extra", {}).get("data", {})
-    if data_state.get("kind") != "tabular":
-        raise ConfigError(f"predict: {path} was not trained on a tabular CSV")
-    header_off = cfg.data.get("no_header", False) if no_header is None else no_header == "true"
-    x, lines, labels = read_for_prediction(data, data_state, header_off)
-    features = torch.tensor(x, dtype=torch.float32)
-    trainer.setup(features[:1], 1)
-    load_model_state(trainer.raw_model, state["model"], path)
-    probability = trainer.predict((features,)).numpy()
-    threshold = getattr(trainer, "threshold", 0.5)
-    values = np.array(data_state["label_values"])
-    table = pd.DataFrame(
-        {
-            "line": lines,
-            "probability": probability,
-            "predicted": values[(probability > threshold).astype(int)],
-        }
-    )
-    if labels is not None:
-        table["label"] = labels
-        accuracy = float((table["predicted"] == table["label"]).mean())
-    atomic_write_bytes(out, table.to_csv(index=False, float_format="%.8g").encode())
+    header_off = None if no_header is None else no_header.lower() in ("true", "1", "yes")
+    count, accuracy = predict_csv(weights, data, out, header_off, argv)
     print(
-        f"wrote {len(table)} predictions to {out}"
-        + (f"; accuracy against the file's labels {accuracy:.4f}" if labels is not None else "")
+        f"wrote {count} predictions to {out}"
+        + (f"; accuracy against the file's labels {accuracy:.4f}" if accuracy is not None else "")
     )
     return 0
 
@@ -497,13 +470,8 @@ def cmd_runs(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    import torch
-
-    from mlenv.bench.benchmark import append_results, benchmark_model, format_rows
-    from mlenv.config import load_recipe, recipe_names, resolve
+    from mlenv.bench.benchmark import append_results, benchmark_target, format_rows
     from mlenv.errors import ConfigError
-    from mlenv.runtime.device import choose_device
-    from mlenv.runtime.threads import apply_threads
 
     sizes, argv = _take_option(argv, "--batch-sizes")
     shape, argv = _take_option(argv, "--input-shape")
@@ -514,48 +482,17 @@ def cmd_bench(argv: list[str]) -> int:
         raise ConfigError("bench: usage: mlenv bench RECIPE|MODEL [--batch-sizes 1,32,256] ...")
     try:
         batch_sizes = [int(v) for v in (sizes or "1,32,256").split(",")]
+        dims = [int(v) for v in shape.split(",")] if shape else None
     except ValueError:
-        raise ConfigError(f"--batch-sizes: accepts integers like 1,32,256, got {sizes!r}") from None
-    device = choose_device(device_name or "auto")
-    apply_threads(_int_option("--threads", threads, torch.get_num_threads()))
-    target = argv[0]
-    if target in recipe_names() or target.endswith(".yaml"):
-        from mlenv.train.run import build
-
-        cfg = resolve(load_recipe(target), [*argv[1:], "--progress", "false"], prog="mlenv bench")
-        bundle, model, trainer_cls = build(cfg)
-        trainer = trainer_cls(cfg.train, model, **cfg.task_args)
-        tensors = [t.to(device) for t in bundle.train]
-        trainer.setup(tensors[0][:1], 1)
-        apply_threads(_int_option("--threads", threads, trainer.threads or 1))
-        model = trainer.model
-
-        def make_batch(n: int) -> tuple:
-            rows = torch.arange(n) % len(tensors[0])
-            return tuple(t[rows] for t in tensors)
-
-        def loss_of(batch: tuple) -> Any:
-            return trainer.compute_loss(batch)[0]
-    else:
-        from mlenv.models import MODELS
-
-        if not shape:
-            raise ConfigError(
-                f"bench {target}: a model name needs --input-shape (e.g. 20, or "
-                "1,28,28), or give a recipe"
-            )
-        dims = [int(v) for v in shape.split(",")]
-        kwargs = {"in_features": dims[0]} if len(dims) == 1 else {}
-        model = MODELS.create(target, **kwargs)
-
-        def make_batch(n: int) -> tuple:
-            return (torch.randn(n, *dims, device=device),)
-
-        def loss_of(batch: tuple) -> Any:
-            out = model(batch[0])
-            return (out[0] if isinstance(out, tuple) else out).float().pow(2).mean()
-
-    rows = benchmark_model(target, model, make_batch, loss_of, batch_sizes, device)
+        raise ConfigError("--batch-sizes/--input-shape: accept integers like 1,32,256") from None
+    rows = benchmark_target(
+        argv[0],
+        argv[1:],
+        batch_sizes,
+        dims,
+        None if threads is None else _int_option("--threads", threads, 1),
+        device_name or "auto",
+    )
     print(format_rows(rows))
     path = append_results(rows, out or "runs/bench.jsonl")
     print(f"appended {len(rows)} rows to {path}")

@@ -133,3 +133,58 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"{r['train_samples_per_s']:10.0f} {r['peak_memory_mb']:8.1f}"
         )
     return "\n".join(lines)
+
+
+def benchmark_target(
+    target: str,
+    overrides: list[str],
+    batch_sizes: list[int],
+    input_shape: list[int] | None,
+    threads: int | None,
+    device_name: str = "auto",
+) -> list[dict[str, Any]]:
+    """Benchmark a recipe (its model, data and loss) or a registered model (random inputs of
+    ``input_shape`` and a squared-output loss)."""
+    from mlenv.config import load_recipe, recipe_names, resolve
+    from mlenv.errors import ConfigError
+    from mlenv.runtime.device import choose_device
+    from mlenv.runtime.threads import apply_threads
+
+    device = choose_device(device_name)
+    if target in recipe_names() or target.endswith(".yaml"):
+        from mlenv.train.run import build
+
+        cfg = resolve(load_recipe(target), [*overrides, "--progress", "false"], prog="mlenv bench")
+        bundle, model, trainer_cls = build(cfg)
+        trainer = trainer_cls(cfg.train, model, **cfg.task_args)
+        tensors = [t.to(device) for t in bundle.train]
+        trainer.setup(tensors[0][:1], 1)  # the Trainer's own thread choice, unless --threads
+        apply_threads(threads or trainer.threads or 1)
+        model = trainer.model
+
+        def make_batch(n: int) -> tuple:
+            rows = torch.arange(n) % len(tensors[0])
+            return tuple(t[rows] for t in tensors)
+
+        def loss_of(batch: tuple) -> torch.Tensor:
+            return trainer.compute_loss(batch)[0]
+    else:
+        from mlenv.models import MODELS
+
+        if not input_shape:
+            raise ConfigError(
+                f"bench {target}: a model name needs --input-shape (e.g. 20), or give a recipe"
+            )
+        kwargs = {"in_features": input_shape[0]} if len(input_shape) == 1 else {}
+        model = MODELS.create(target, **kwargs)
+        if threads:
+            apply_threads(threads)
+
+        def make_batch(n: int) -> tuple:
+            return (torch.randn(n, *input_shape, device=device),)
+
+        def loss_of(batch: tuple) -> torch.Tensor:
+            out = model(batch[0])
+            return (out[0] if isinstance(out, tuple) else out).float().pow(2).mean()
+
+    return benchmark_model(target, model, make_batch, loss_of, batch_sizes, device)

@@ -40,12 +40,9 @@ def split_three(
     return (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
-def _bundle(
-    x, y, seed, val_size, test_size, normalize, y_dtype, name, folds=0, fold=0, cv_repeat=0
-) -> DataBundle:
-    (xtr, ytr), (xva, yva), (xte, yte) = split_three(
-        x, y, val_size, test_size, seed, folds, fold, cv_repeat
-    )
+def _bundle(x, y, seed, val_size, test_size, normalize, name, folding) -> DataBundle:
+    """Split (``folding`` = (folds, fold, cv_repeat)), normalise on the training rows, pack."""
+    (xtr, ytr), (xva, yva), (xte, yte) = split_three(x, y, val_size, test_size, seed, *folding)
     if normalize == "standard":
         scaler = StandardScaler().fit(xtr)  # fitted on the training split only
         xtr, xva, xte = (scaler.transform(a) for a in (xtr, xva, xte))
@@ -54,7 +51,7 @@ def _bundle(
         xtr, xva, xte = ((a - lo) / (hi - lo) for a in (xtr, xva, xte))
 
     def pack(a, b):
-        return torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=y_dtype)
+        return torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.long)
 
     classes = len(np.unique(y))
     return DataBundle(
@@ -80,19 +77,8 @@ def digits(
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    return _bundle(
-        data.data,
-        data.target,
-        seed,
-        val_size,
-        test_size,
-        normalize,
-        torch.long,
-        "digits",
-        folds,
-        fold,
-        cv_repeat,
-    )
+    folding = (folds, fold, cv_repeat)
+    return _bundle(data.data, data.target, seed, val_size, test_size, normalize, "digits", folding)
 
 
 @register_dataset("breast-cancer", provides=("in_features", "out_features"))
@@ -109,16 +95,7 @@ def breast_cancer(
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
+    folding = (folds, fold, cv_repeat)
     return _bundle(
-        data.data,
-        data.target,
-        seed,
-        val_size,
-        test_size,
-        normalize,
-        torch.long,
-        "breast-cancer",
-        folds,
-        fold,
-        cv_repeat,
+        data.data, data.target, seed, val_size, test_size, normalize, "breast-cancer", folding
     )

@@ -184,3 +184,43 @@ def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "
     trainer = TRAINERS.get(cfg.trainer)(cfg.train, model, **cfg.task_args)
     trainer.data_state = data_state
     return trainer, cfg, state, path
+
+
+def predict_csv(
+    weights: str, data: str, out: str, no_header: bool | None, overrides: list[str] | None = None
+) -> tuple[int, float | None]:
+    """Write ``line,probability,predicted[,label]`` for every row of ``data`` with a trained
+    tabular model; returns the row count and the accuracy when the file has labels."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from mlenv.data.tabular import read_for_prediction
+    from mlenv.errors import ConfigError
+    from mlenv.train.checkpoint import atomic_write_bytes, load_model_state
+
+    trainer, cfg, state, path = load_trained(weights, overrides, "mlenv predict")
+    data_state = trainer.data_state
+    if data_state.get("kind") != "tabular":
+        raise ConfigError(f"predict: {path} was not trained on a tabular CSV")
+    header_off = cfg.data.get("no_header", False) if no_header is None else no_header
+    x, lines, labels = read_for_prediction(data, data_state, header_off)
+    features = torch.tensor(x, dtype=torch.float32)
+    trainer.setup(features[:1], 1)
+    load_model_state(trainer.raw_model, state["model"], path)
+    probability = trainer.predict((features,)).numpy()
+    values = np.array(data_state["label_values"])
+    threshold = getattr(trainer, "threshold", 0.5)
+    table = pd.DataFrame(
+        {
+            "line": lines,
+            "probability": probability,
+            "predicted": values[(probability > threshold).astype(int)],
+        }
+    )
+    accuracy = None
+    if labels is not None:
+        table["label"] = labels
+        accuracy = float((table["predicted"] == table["label"]).mean())
+    atomic_write_bytes(out, table.to_csv(index=False, float_format="%.8g").encode())
+    return len(table), accuracy
