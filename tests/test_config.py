@@ -69,11 +69,24 @@ def test_precedence_defaults_recipe_config_file_command_line(capsys, tmp_path):
     assert cfg.train.lr == 0.5  # command line over file
 
 
-def test_hyphenated_flags_are_accepted(capsys):
-    code, out, _ = run_cli(capsys, "args", "digits-mlp", "--test-size", "0.3", "--save-every=2")
+def test_hyphenated_flags_and_bare_switches_are_accepted(capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "args",
+        "digits-mlp",
+        "--test-size",
+        "0.3",
+        "--save-every=2",
+        "--deterministic",
+        "--fast-dev-run",
+        "--compile",
+        "false",
+    )
     assert code == 0
     values = yaml.safe_load(out)
     assert values["test_size"] == 0.3 and values["save_every"] == 2
+    assert values["deterministic"] is True and values["fast_dev_run"] is True
+    assert values["compile"] is False
 
 
 def test_args_output_feeds_back_with_config(capsys, tmp_path):

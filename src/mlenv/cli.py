@@ -238,10 +238,15 @@ def cmd_predict(argv: list[str]) -> int:
     weights, argv = _take_option(argv, "--weights")
     data, argv = _take_option(argv, "--data")
     out, argv = _take_option(argv, "--out")
-    no_header, argv = _take_option(argv, "--no_header")
+    header_off = None
+    for spelling in ("--no-header", "--no_header"):
+        if spelling in argv:  # a bare switch
+            i = argv.index(spelling)
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else None
+            header_off = value is None or value.lower() in ("true", "1", "yes")
+            argv = argv[:i] + argv[i + (1 if value is None else 2) :]
     if not (weights and data and out):
         raise ConfigError("predict: give --weights RUN_DIR|CKPT, --data NEW.csv and --out FILE")
-    header_off = None if no_header is None else no_header.lower() in ("true", "1", "yes")
     count, accuracy = predict_csv(weights, data, out, header_off, argv)
     print(
         f"wrote {count} predictions to {out}"

@@ -330,6 +330,9 @@ def build_parser(recipe: Recipe, prog: str) -> Any:
         defaults[key] = value
     parser.set_defaults(**defaults)
     parser.mlenv_groups = {k: list(v) for k, v in groups.items()}
+    parser.mlenv_bool_flags = {f"--{name}" for name, tp in TRAIN_TYPES.items() if tp is bool} | {
+        f"--{name}" for params in groups.values() for name, (tp, _) in params.items() if tp is bool
+    }
     parser.mlenv_list_flags = {
         f"--{name}"
         for params in groups.values()
@@ -354,6 +357,7 @@ def resolve(
 
     parser = build_parser(recipe, prog)
     argv = _underscore_flags(argv, {a.dest for a in parser._actions})
+    argv = _bare_switches(argv, parser.mlenv_bool_flags)
     argv = _bracket_lists(argv, parser.mlenv_list_flags)
     if base:
         base = {k: v for k, v in base.items() if k != "recipe"}
@@ -398,6 +402,17 @@ def _underscore_flags(argv: list[str], known: set[str]) -> list[str]:
             if candidate in known:
                 token = f"--{candidate}{eq}{value}"
         out.append(token)
+    return out
+
+
+def _bare_switches(argv: list[str], bool_flags: set[str]) -> list[str]:
+    """A boolean flag given alone (``--no_header``) means true."""
+    out = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if token in bool_flags and (following is None or following.startswith("--")):
+            out.append("true")
     return out
 
 
