@@ -113,3 +113,15 @@ def test_registry_rejects_duplicates_and_suggests_names():
         registry.register("alpha")(lambda: 2)
     with pytest.raises(Exception, match=r"unknown thing 'alpa' \(did you mean 'alpha'\?\)"):
         registry.get("alpa")
+
+
+def test_divergence_stops_at_once_with_the_reason(digits, tmp_path):
+    run = Run(tmp_path / "run")
+    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    config = TrainConfig(
+        epochs=5, lr=50.0, optimizer="sgd", divergence_threshold=10.0, progress=False
+    )
+    result = ClassificationTrainer(config, model, run=run).fit(digits.train, digits.val)
+    assert result.stop_reason.startswith("diverged: training loss")
+    assert "> divergence_threshold 10" in result.stop_reason
+    assert len(result.history) < 5

@@ -73,6 +73,7 @@ class TrainConfig:
     early_stopping: bool = False
     patience: int = 5
     min_delta: float = 0.0
+    divergence_threshold: float | None = None  # stop at once when a batch's loss exceeds it
     resume: str | None = None
     # runs and trackers
     experiment: str | None = None

@@ -294,6 +294,12 @@ class Trainer:
             values[name] = term.item()
         if not math.isfinite(values["loss"]):
             self._nonfinite(values, terms)
+        limit = self.config.divergence_threshold
+        if limit is not None and self.model.training and values["loss"] > limit:
+            raise Diverged(
+                f"diverged: training loss {values['loss']:.6g} > divergence_threshold {limit:g} "
+                f"at epoch {self.epoch + 1}, step {self.global_step + 1}"
+            )
         return values
 
     def record(self, values: dict[str, float], metrics: dict[str, Any], n: int) -> None:
@@ -423,7 +429,12 @@ class Trainer:
         with _StopRequest() as self._stop, self._profiler() as profiler:
             self._profiler_step = profiler.step if profiler is not None else None
             while self.epoch < epochs:
-                metrics = self._run_epoch(train, val)
+                try:
+                    metrics = self._run_epoch(train, val)
+                except Diverged as exc:  # stop at once; the last checkpoint is the last good one
+                    self.stop_reason = str(exc)
+                    print(f"mlenv: {exc}", file=sys.stderr)
+                    break
                 reason = self._epoch_end(metrics)
                 if reason:
                     self.stop_reason = reason
@@ -611,6 +622,10 @@ class Trainer:
             on_trace_ready=on_trace_ready,
             record_shapes=True,
         )
+
+
+class Diverged(TrainingError):
+    """A training loss above ``divergence_threshold``: the run stops at once, cleanly."""
 
 
 class TrainingInterrupted(TrainingError):
