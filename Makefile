@@ -22,9 +22,13 @@ test: $(BIN)/mlenv
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# Side-by-side measurements (minutes, not a test); each writes benchmarks/results/<name>.json.
 bench: $(BIN)/mlenv
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/trainer_overhead.py
+	$(BIN)/python benchmarks/threads.py
+	$(BIN)/python benchmarks/tabular.py
+	$(BIN)/python benchmarks/gmm.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
