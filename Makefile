@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned to the releases that lie on this machine's disk (see README).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test bench clean
 
 $(BIN)/mlenv: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
