@@ -1,0 +1,51 @@
+"""The Python API as the README and the GUIDE show it: public names from ``mlenv``, a Trainer
+subclass overriding only what differs, data as tensors, a Dataset or a DataLoader."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import mlenv
+from mlenv import BaseModel, TrainConfig, Trainer, create_model
+from mlenv.data import DATASETS
+
+
+class Classifier(Trainer):
+    def get_criterion(self):
+        return {"ce": nn.CrossEntropyLoss()}
+
+    def forward_pass(self, batch):
+        x, y = batch
+        logits = self.model(x)
+        return {"ce": self.criterion["ce"](logits, y)}, logits
+
+
+@pytest.mark.parametrize("wrap", ["tensors", "dataset", "loader"])
+def test_fit_evaluate_predict_with_any_data_form(wrap):
+    data = DATASETS.create("digits", seed=0)
+    forms = {
+        "tensors": lambda t: t,
+        "dataset": lambda t: TensorDataset(*t),
+        "loader": lambda t: DataLoader(TensorDataset(*t), batch_size=32, shuffle=True),
+    }
+    model = create_model("mlp", in_features=64, hidden=[64], out_features=10)
+    assert isinstance(model, BaseModel) and model.dim == 10
+    trainer = Classifier(TrainConfig(epochs=8, lr=3e-3, grad_clip=1.0, progress=False), model)
+    result = trainer.fit(forms[wrap](data.train), forms[wrap](data.val))
+    assert {"train_ce", "val_ce", "val_loss"} <= set(result.last)
+    metrics = trainer.evaluate(data.test)
+    assert metrics["test_loss"] < 0.3
+    logits = trainer.predict(data.test)
+    accuracy = (logits.argmax(1) == data.test[1]).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_public_names_are_lazy_and_complete():
+    assert mlenv.__version__
+    for name in mlenv.__all__:
+        assert getattr(mlenv, name) is not None
+    with pytest.raises(AttributeError):
+        mlenv.nothing_here  # noqa: B018
+    assert mlenv.Trainer is Trainer
