@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -34,6 +35,12 @@ def test_train_writes_the_run_folder(runs_dir, capsys):
     assert "epoch/val_loss" in tags and "step/lr" in tags
     assert len(events.Scalars("epoch/val_loss")) == 3
     assert (run / "checkpoints" / "last.pt").is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(run / "model.safetensors")
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert weights.keys() == last.keys()
+    assert all(torch.equal(weights[k], last[k]) for k in weights)
     assert "test_acc" in out and str(run) in out
 
 

@@ -152,6 +152,7 @@ def _train_and_summarise(
         summary.update(trainer.report(bundle, run))
     if run is not None:
         summary["run_dir"] = str(run.path)
+        summary["weights"] = str(trainer.save_weights(run.path / "model.safetensors"))
         if result.history:
             plot = plot_loss_curve(result.history, run.plots / "loss_curve.png")
             summary["loss_curve"] = str(plot)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -552,6 +553,18 @@ class Trainer:
         if is_main_process():  # under DDP every rank holds the same state; rank 0 writes it
             atomic_write_bytes(self.run.checkpoints / f"{name}.pt", data)
         return data
+
+    def save_weights(self, path: str | Path) -> Path:
+        """The model's weights alone as safetensors: the file to share (no code, no pickle)."""
+        from safetensors.torch import save
+
+        from mlenv.train.checkpoint import atomic_write_bytes
+
+        state = {
+            k: v.contiguous() for k, v in strip_compile_prefix(self.raw_model.state_dict()).items()
+        }
+        atomic_write_bytes(path, save(state))
+        return Path(path)
 
     def resume_from(self, spec: str) -> None:
         """Restore everything from a checkpoint so the run continues exactly where it stopped."""
