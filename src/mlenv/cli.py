@@ -451,7 +451,8 @@ def cmd_runs(argv: list[str]) -> int:
             print("config: " + json.dumps(json.loads(run["config"]), sort_keys=True))
             rows: dict[int, dict[str, float]] = {}
             for m in store.metrics(run["id"]):
-                rows.setdefault(m["step"], {})[m["name"]] = m["value"]
+                if not m["name"].startswith("step/"):  # per-step values: TensorBoard shows them
+                    rows.setdefault(m["step"], {})[m["name"]] = m["value"]
             from mlenv.track.report import format_summary, format_table
 
             if rows:

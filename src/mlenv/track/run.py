@@ -90,8 +90,15 @@ class Run:
         self._step_buffer.append((name, value, step))
 
     def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
+        """The epoch's metrics and the buffered per-step values: to TensorBoard (``epoch/*``,
+        ``step/*``), to the store (plain names at step = epoch; ``step/*`` at the optimizer
+        step) and to any tracker."""
         for name, value, step in self._step_buffer:
             self.writer.add_scalar(f"step/{name}", value, step)
+        if self.store is not None and self._step_buffer:
+            self.store.log_step_metrics(
+                self.id, [(step, f"step/{name}", value) for name, value, step in self._step_buffer]
+            )
         self._step_buffer.clear()
         numbers = {
             k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "epoch"

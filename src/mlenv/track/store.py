@@ -203,6 +203,14 @@ class Store:
                 "INSERT INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)", rows
             )
 
+    def log_step_metrics(self, run_id: str, rows: list[tuple[int, str, float]]) -> None:
+        """Many ``(step, name, value)`` rows in one transaction (per-step values of an epoch)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                [(run_id, step, name, float(value)) for step, name, value in rows],
+            )
+
     def finish_run(
         self,
         run_id: str,

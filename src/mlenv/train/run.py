@@ -145,6 +145,7 @@ def _train_and_summarise(
         "seconds": round(time.time() - started, 2),
     }
     summary.update({k: v for k, v in result.last.items() if k not in ("epoch", "seconds")})
+    summary["data"] = bundle.info
     if result.best:
         summary["best_" + c.monitor] = result.best[c.monitor]
     if bundle.test is not None:

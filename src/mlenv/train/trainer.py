@@ -367,6 +367,8 @@ class Trainer:
             with torch.no_grad():
                 metrics = self.batch_metrics(predictions, batch)
             self.record(values, metrics, self.batch_size_of(batch))
+            if self.run is not None:
+                self.run.log_step("loss", values["loss"], self.global_step + 1)
             self.batch_in_epoch += 1
             if self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == n_batches:
                 self.optimizer_step()
