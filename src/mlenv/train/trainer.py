@@ -495,6 +495,15 @@ class Trainer:
         return reason
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
+        """One line per epoch on the terminal (with ``progress``), and the run folder's files."""
+        if self.config.progress:
+            shown = "  ".join(
+                f"{k} {v:.4g}"
+                for k, v in metrics.items()
+                if k.endswith(("loss", "acc", "auc")) and isinstance(v, float)
+            )
+            total = 1 if self.config.fast_dev_run else self.config.epochs
+            print(f"epoch {self.epoch}/{total}  {shown}  ({metrics['seconds']:.2f} s)", flush=True)
         if self.run is None:
             return
         self.run.log_epoch(metrics, self.epoch)
