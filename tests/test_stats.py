@@ -1,69 +1,222 @@
-"""Every statistic against scipy.stats or its formula, and the bootstrap's coverage."""
+"""Every statistic against a published worked example or a value computed by hand here (never
+scipy against scipy), and `compare` through a real SQLite store: which test for which group,
+and which groups it refuses."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
-from scipy import stats as sp
 
 from mlenv.bench import stats
+from mlenv.bench.experiments import compare_groups, parse_seeds, repeat
+from mlenv.errors import ConfigError
+from mlenv.track.store import Store
 
-A = [0.861, 0.872, 0.858, 0.869, 0.875, 0.866, 0.870, 0.862]
-B = [0.855, 0.861, 0.857, 0.860, 0.866, 0.858, 0.861, 0.859]
-
-
-def test_mean_ci_against_scipy():
-    mean, low, high = stats.mean_ci(A)
-    ref = sp.t.interval(0.95, len(A) - 1, loc=np.mean(A), scale=sp.sem(A))
-    assert mean == pytest.approx(np.mean(A))
-    assert (low, high) == pytest.approx(ref, rel=1e-12)
+# Student (1908), "The probable error of a mean", Biometrika 6: extra hours of sleep of 10
+# patients under two drugs (Cushny & Peebles); R's `sleep` data set.
+SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 
-def test_paired_and_unpaired_tests_against_scipy():
-    r = stats.paired_t(A, B)
-    ref = sp.ttest_rel(A, B)
-    assert (r.statistic, r.p_value) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-12)
-    d = np.subtract(A, B)
-    assert r.effect == pytest.approx(d.mean() / d.std(ddof=1))
-    r = stats.welch_t(A, B)
-    ref = sp.ttest_ind(A, B, equal_var=False)
-    assert (r.statistic, r.p_value) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-12)
-    pooled = math.sqrt((np.var(A, ddof=1) + np.var(B, ddof=1)) / 2)  # equal sizes
-    assert r.effect == pytest.approx((np.mean(A) - np.mean(B)) / pooled)
-    r = stats.wilcoxon(A, B)
-    ref = sp.wilcoxon(A, B)
-    assert (r.statistic, r.p_value) == pytest.approx((ref.statistic, ref.pvalue))
-    assert r.effect == pytest.approx(1.0)  # every difference is positive
-    r = stats.mann_whitney(A, B)
-    ref = sp.mannwhitneyu(A, B, alternative="two-sided")
-    assert (r.statistic, r.p_value) == pytest.approx((ref.statistic, ref.pvalue))
-    assert r.effect == pytest.approx(2 * ref.statistic / 64 - 1)
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| > |t|) for Student's t with an integer df, in closed form: Abramowitz & Stegun
+    (1964) 26.7.3 (odd df) and 26.7.4 (even df), with theta = atan(|t| / sqrt(df))."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c, s = math.cos(theta), math.sin(theta)
+    if df % 2:  # A = 2/pi (theta + sin(theta) (cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ...))
+        series, coef = 0.0, 1.0
+        for j in range(1, (df - 1) // 2 + 1):
+            series += coef * c ** (2 * j - 1)
+            coef *= 2 * j / (2 * j + 1)
+        return 1 - 2 / math.pi * (theta + s * series)
+    series, coef = 0.0, 1.0  # A = sin(theta) (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+    for j in range(df // 2):
+        series += coef * c ** (2 * j)
+        coef *= (2 * j + 1) / (2 * j + 2)
+    return 1 - s * series
 
 
-def test_mcnemar_is_an_exact_binomial_on_discordant_pairs():
+def test_closed_form_t_tail_against_printed_table_values():
+    # two-sided 5% points from a t table: t_{0.975,2} = 4.303, t_{0.975,5} = 2.571,
+    # t_{0.975,9} = 2.262; and the Cauchy (df 1): P(|T| > 1) = 1/2
+    assert t_two_sided_p(4.303, 2) == pytest.approx(0.05, rel=1e-3)
+    assert t_two_sided_p(2.571, 5) == pytest.approx(0.05, rel=1e-3)
+    assert t_two_sided_p(2.262, 9) == pytest.approx(0.05, rel=1e-3)
+    assert t_two_sided_p(1.0, 1) == pytest.approx(0.5, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals and effect sizes
+
+
+def test_mean_ci_by_hand_with_a_tabled_t_quantile():
+    values = [0.81, 0.84, 0.83, 0.80, 0.82]
+    # mean 0.82; deviations -0.01, 0.02, 0.01, -0.02, 0 -> sum of squares 0.001, sd^2 = 0.001/4
+    se = math.sqrt(0.001 / 4) / math.sqrt(5)
+    half = 2.776 * se  # t_{0.975,4} = 2.776 (t table, 3 decimals)
+    mean, low, high = stats.mean_ci(values)
+    assert mean == pytest.approx(0.82, rel=1e-12)
+    assert (high - low) / 2 == pytest.approx(half, rel=2e-4)
+    assert (low + high) / 2 == pytest.approx(0.82, rel=1e-12)
+    assert math.isnan(stats.mean_ci([0.5])[1])
+
+
+def test_cohens_d_and_d_z_by_hand_on_the_sleep_data():
+    # d = SLEEP_2 - SLEEP_1 = 1.2, 2.4, 1.3, 1.3, 0, 1.0, 1.8, 0.8, 4.6, 1.4: sum 15.8, mean 1.58,
+    # sum of squared deviations 13.616 -> sd = sqrt(13.616 / 9)
+    d_z = 1.58 / math.sqrt(13.616 / 9)
+    assert stats.cohens_d_paired(SLEEP_2, SLEEP_1) == pytest.approx(d_z, rel=1e-9)
+    assert d_z == pytest.approx(1.2846, rel=1e-4)
+    # means 0.75 and 2.33; sums of squared deviations 28.805 and 36.081 -> pooled sd^2 = 64.886/18
+    d = (0.75 - 2.33) / math.sqrt((28.805 + 36.081) / 18)
+    assert stats.cohens_d(SLEEP_1, SLEEP_2) == pytest.approx(d, rel=1e-9)
+    assert d == pytest.approx(-0.8322, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests on pairs and on two samples
+
+
+def test_paired_t_reproduces_students_sleep_result():
+    r = stats.paired_t(SLEEP_2, SLEEP_1)
+    # by hand: t = mean(d) / (sd(d) / sqrt(n)) with the sums above
+    assert r.statistic == pytest.approx(1.58 / (math.sqrt(13.616 / 9) / math.sqrt(10)), rel=1e-9)
+    # published (R: t.test(extra ~ group, data = sleep, paired = TRUE)): t = 4.0621, df = 9,
+    # p-value = 0.002833
+    assert r.statistic == pytest.approx(4.0621, rel=1e-4)
+    assert r.df == 9
+    assert r.p_value == pytest.approx(0.002833, rel=1e-3)
+    assert r.p_value == pytest.approx(t_two_sided_p(r.statistic, 9), rel=1e-9)
+    assert r.effect_name == "Cohen's d_z"
+
+
+def test_welch_t_against_a_hand_welch_satterthwaite_df_and_the_published_sleep_result():
+    r = stats.welch_t(SLEEP_1, SLEEP_2)
+    v1, v2 = 28.805 / 9 / 10, 36.081 / 9 / 10  # squared standard errors s_i^2 / n_i
+    df = (v1 + v2) ** 2 / (v1**2 / 9 + v2**2 / 9)
+    assert r.statistic == pytest.approx((0.75 - 2.33) / math.sqrt(v1 + v2), rel=1e-9)
+    assert r.df == pytest.approx(df, rel=1e-9)
+    # published (R: t.test(extra ~ group, data = sleep)): t = -1.8608, df = 17.776,
+    # p-value = 0.07939
+    assert r.statistic == pytest.approx(-1.8608, rel=1e-4)
+    assert r.df == pytest.approx(17.776, rel=1e-4)
+    assert r.p_value == pytest.approx(0.07939, rel=1e-3)
+    assert r.effect_name == "Cohen's d"
+
+
+def test_wilcoxon_signed_rank_on_hollander_and_wolfe_example():
+    # Hollander & Wolfe (1973), p. 29 (R's ?wilcox.test): Hamilton depression scale factor IV
+    # at the first (x) and second (y) visit; R gives V = 40, p = 0.01953 (one-sided "greater").
+    x = [1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30]
+    y = [0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29]
+    # |d| ranked: 0.01 (1), 0.08 (2), 0.147 (3), 0.43 (4), 0.49 (5), 0.59 (6), 0.62 (7),
+    # 0.952 (8), 1.022 (9); negative differences: 0.147 and 0.08 -> W- = 3 + 2 = 5, W+ = 40
+    r = stats.wilcoxon(x, y)
+    assert r.statistic == 5  # min(W+, W-)
+    assert r.effect == pytest.approx((40 - 5) / 45, rel=1e-12)
+    # exact null: each of the 2^9 sign patterns equally likely. Subsets of {1..9} with rank sum
+    # <= 5: {}, {1}, {2}, {3}, {1,2}, {4}, {1,3}, {5}, {1,4}, {2,3} -> 10
+    low = sum(sum(s) <= 5 for k in range(10) for s in itertools.combinations(range(1, 10), k))
+    assert low == 10
+    assert r.p_value == pytest.approx(2 * 10 / 2**9, rel=1e-9)
+    assert r.p_value / 2 == pytest.approx(0.01953, rel=1e-3)
+    with pytest.raises(ValueError, match="every difference is zero"):
+        stats.wilcoxon([1.0, 2.0], [1.0, 2.0])
+
+
+def test_mann_whitney_u_on_the_r_documentation_example():
+    # R's ?wilcox.test, "Two-sample test": W = 35, p-value = 0.1272 (alternative "greater")
+    x = [0.80, 0.83, 1.89, 1.04, 1.45, 1.38, 1.91, 1.64, 0.73, 1.46]
+    y = [1.15, 0.88, 0.90, 0.74, 1.21]
+    # U of x = pairs with x > y, counted per x: 1, 1, 5, 3, 5, 5, 5, 5, 0, 5 = 35
+    assert sum(xi > yi for xi in x for yi in y) == 35
+    # exact null: the 5 ranks of y are any of the C(15, 5) = 3003 subsets of 1..15, and
+    # U_x = 50 - (rank sum of y - 15)
+    null = [50 - (sum(s) - 15) for s in itertools.combinations(range(1, 16), 5)]
+    upper = sum(u >= 35 for u in null) / len(null)
+    assert upper == pytest.approx(0.1272, rel=1e-3)
+    r = stats.mann_whitney(x, y)
+    assert r.statistic == 35
+    assert r.p_value == pytest.approx(2 * upper, rel=1e-9)
+    assert r.effect == pytest.approx(2 * 35 / 50 - 1, rel=1e-12)
+
+
+def test_mcnemar_exact_from_a_two_by_two_table_by_binomial_sums():
+    # 30 both right, 9 only a right, 2 only b right, 5 both wrong: under H0 the 11 discordant
+    # rows split Binomial(11, 1/2); two-sided p = 2 P(X <= 2) = 2 (1 + 11 + 55) / 2^11
     a = [True] * 30 + [True] * 9 + [False] * 2 + [False] * 5
     b = [True] * 30 + [False] * 9 + [True] * 2 + [False] * 5
     r = stats.mcnemar(a, b)
-    assert r.p_value == pytest.approx(sp.binomtest(9, 11, 0.5).pvalue)
-    assert r.p_value == pytest.approx(2 * sum(math.comb(11, k) for k in range(3)) / 2**11)
+    assert r.p_value == pytest.approx(2 * (1 + 11 + 55) / 2048, rel=1e-12)
+    assert r.statistic == 2
+    assert stats.mcnemar([True, False], [True, False]).p_value == 1.0
 
 
-def test_five_by_two_cv_against_the_formula_on_a_hand_computed_case():
+# ---------------------------------------------------------------------------------------------
+# Cross-validation tests
+
+
+CV_DIFFERENCES = [0.01, 0.03] * 5  # J = 10 paired fold scores; mean 0.02, each off by 0.01
+
+
+def test_corrected_resampled_t_by_hand_and_smaller_than_the_plain_paired_t():
+    a = [0.8 + d for d in CV_DIFFERENCES]
+    b = [0.8] * 10
+    var = 10 * 0.01**2 / 9  # sum of squared deviations / (J - 1)
+    # Nadeau & Bengio (2003): t = mean / sqrt((1/J + n_test/n_train) var); 10-fold: ratio 1/9
+    corrected_t = 0.02 / math.sqrt((1 / 10 + 1 / 9) * var)
+    plain_t = 0.02 / math.sqrt(var / 10)
+    assert plain_t == pytest.approx(6.0, rel=1e-12)
+    r = stats.corrected_resampled_t(a, b, 1 / 9)
+    assert r.test == "corrected resampled t-test"
+    assert r.statistic == pytest.approx(corrected_t, rel=1e-9)
+    assert r.statistic == pytest.approx(4.1295, rel=1e-4)
+    assert r.df == 9
+    assert r.p_value == pytest.approx(t_two_sided_p(corrected_t, 9), rel=1e-9)
+    plain = stats.paired_t(a, b)
+    assert plain.statistic == pytest.approx(plain_t, rel=1e-9)
+    assert r.statistic < plain.statistic and r.p_value > plain.p_value
+    low, high = stats.corrected_resampled_ci(a, b, 1 / 9)
+    half = 2.262 * math.sqrt((1 / 10 + 1 / 9) * var)  # t_{0.975,9} = 2.262 (t table)
+    assert (low, high) == pytest.approx((0.02 - half, 0.02 + half), rel=2e-4)
+    with pytest.raises(ValueError, match="n_test/n_train"):
+        stats.corrected_resampled_t(a, b, 0.0)
+
+
+def test_five_by_two_cv_against_dietterichs_formula_by_hand():
     p = [[0.02, 0.04], [0.01, 0.03], [0.03, 0.03], [0.00, 0.02], [0.05, 0.01]]
-    # s_i^2 = (p_i1 - mean_i)^2 + (p_i2 - mean_i)^2 = 0.0002, 0.0002, 0, 0.0002, 0.0008
+    # Dietterich (1998): s_i^2 = (p_i1 - mean_i)^2 + (p_i2 - mean_i)^2
+    # = 0.0002, 0.0002, 0, 0.0002, 0.0008; t = p_11 / sqrt(mean of s_i^2), 5 df
     t = 0.02 / math.sqrt((0.0002 + 0.0002 + 0 + 0.0002 + 0.0008) / 5)
     r = stats.five_by_two_cv_t(p)
-    assert r.statistic == pytest.approx(t)
-    assert r.p_value == pytest.approx(2 * sp.t.sf(t, 5))
+    assert r.statistic == pytest.approx(t, rel=1e-9)
+    assert r.df == 5
+    assert r.p_value == pytest.approx(t_two_sided_p(t, 5), rel=1e-9)
     with pytest.raises(ValueError, match="5 replications of 2 folds"):
         stats.five_by_two_cv_t([[0.1, 0.2]])
 
 
-def test_holm():
-    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert stats.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+# ---------------------------------------------------------------------------------------------
+# Multiple comparisons, bootstrap, input checks
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; running max: 0.03, 0.06, 0.06
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06], rel=1e-12)
+    assert stats.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002], rel=1e-12)
+    # 0.3 * 4 = 1.2 is capped at 1, and every later one follows the running maximum
+    assert stats.holm([0.9, 0.3, 0.5, 0.6]) == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    assert stats.holm([0.04]) == [0.04]
+
+
+def test_bootstrap_of_constant_differences_is_that_difference():
+    assert stats.bootstrap_diff_ci([0.9, 0.8, 0.7], [0.8, 0.7, 0.6], paired=True) == (
+        pytest.approx(0.1),
+        pytest.approx(0.1),
+    )
 
 
 def test_bootstrap_interval_covers_the_true_difference_near_the_nominal_rate():
@@ -74,3 +227,187 @@ def test_bootstrap_interval_covers_the_true_difference_near_the_nominal_rate():
         low, high = stats.bootstrap_diff_ci(a, b, paired=False, resamples=2000, seed=t)
         covered += low <= 0.5 <= high
     assert 0.90 <= covered / trials <= 0.99, covered / trials
+
+
+def test_statistics_refuse_unusable_input():
+    with pytest.raises(ValueError, match="as many values in a as in b, got 3 and 2"):
+        stats.paired_t([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="at least 2 values, got 1"):
+        stats.welch_t([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        stats.mean_ci([1.0, float("nan")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds
+
+
+@pytest.mark.parametrize(
+    ("spec", "seeds"), [("0-4", [0, 1, 2, 3, 4]), ("1,5,9", [1, 5, 9]), ("0-2, 7", [0, 1, 2, 7])]
+)
+def test_parse_seeds(spec, seeds):
+    assert parse_seeds(spec) == seeds
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("3,3", "seed 3 is given more than once in '3,3'"),
+        ("0-4,2", "seed 2 is given more than once"),
+        ("-1,2", "seeds are integers >= 0, got '-1'"),
+        ("0,-3-2", "seeds are integers >= 0, got '-3-2'"),
+        ("5-3", "the range '5-3' runs backwards; write 3-5"),
+        ("a,b", "accepts a range like 0-4"),
+        ("4", "at least 2 seeds"),
+    ],
+)
+def test_parse_seeds_refuses(spec, message):
+    with pytest.raises(ConfigError) as err:
+        parse_seeds(spec)
+    assert str(err.value).startswith("--seeds: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_repeat_refuses_a_duplicate_seed_before_running_anything():
+    with pytest.raises(ConfigError, match="seed 1 is given more than once"):
+        repeat(None, [1, 2, 1], [], "dup")
+
+
+# ---------------------------------------------------------------------------------------------
+# compare through a real store
+
+
+def add_group(store, name, kind, values, plan=None, config=None, reverse=False):
+    """A group of finished runs whose summary holds ``test_acc`` = ``values[member]``."""
+    group = store.create_group(name, kind, "synthetic", plan or {})
+    for member, value in (reversed if reverse else iter)(list(values.items())):
+        run_id = f"{name}-{member}"
+        store.start_run(run_id, name, config or {}, group_id=group, member=member)
+        store.finish_run(run_id, "finished", {"test_acc": value})
+    return group
+
+
+def seeds(values, first=0):
+    return {f"seed={first + i}": v for i, v in enumerate(values)}
+
+
+def cv_members(values, folds, repeats):
+    names = [f"repeat={r},fold={f}" for r in range(repeats) for f in range(folds)]
+    return dict(zip(names, values, strict=True))
+
+
+def test_compare_repeat_groups_uses_the_paired_t_test(tmp_path, capsys):
+    store = Store(tmp_path / "mlenv.db")
+    add_group(store, "drug2", "repeat", seeds(SLEEP_2))
+    add_group(store, "drug1", "repeat", seeds(SLEEP_1), reverse=True)  # paired by name
+    (r,) = compare_groups(store, ["drug2", "drug1"], "test_acc")
+    out = capsys.readouterr().out
+    assert r["primary"].test == "paired t-test" and r["paired"]
+    assert r["primary"].p_value == pytest.approx(0.002833, rel=1e-3)  # Student's sleep data
+    assert "test: paired t-test, because each seed gives one independent pair of runs" in out
+    assert "paired t-test: t(9) = 4.0621, p = 0.002833" in out
+    assert "paired by seed (n=10)" in out
+
+
+def test_compare_cv_groups_uses_the_corrected_resampled_t_test(tmp_path, capsys):
+    store = Store(tmp_path / "mlenv.db")
+    base = [0.80 + 0.01 * (i % 5) for i in range(10)]  # fold scores vary; differences do not
+    differences = [0.0, 0.03] * 5  # mean 0.015, each off by 0.015
+    plan = {"folds": 5, "repeats": 2}
+    add_group(store, "new", "cv", cv_members(np.add(base, differences), 5, 2), plan)
+    add_group(store, "old", "cv", cv_members(base, 5, 2), plan)
+    (r,) = compare_groups(store, ["new", "old"], "test_acc", 0.05)
+    out = capsys.readouterr().out
+    var = 10 * 0.015**2 / 9
+    corrected_t = 0.015 / math.sqrt((1 / 10 + 1 / 4) * var)  # 5 folds: n_test/n_train = 1/4
+    p = t_two_sided_p(corrected_t, 9)
+    plain_p = t_two_sided_p(0.015 / math.sqrt(var / 10), 9)  # t = 3.0
+    assert r["primary"].test == "corrected resampled t-test"
+    assert r["primary"].statistic == pytest.approx(corrected_t, rel=1e-9)
+    assert r["primary"].p_value == pytest.approx(p, rel=1e-9)
+    assert "test: corrected resampled t-test (Nadeau & Bengio 2003), because the folds" in out
+    assert "n_test/n_train = 1/4" in out
+    assert f"corrected resampled t-test: t(9) = {corrected_t:.4f}, p = {p:.4g}" in out
+    assert "paired by repeat and fold (J=10: 2 repeats x 5 folds)" in out
+    # the plain paired t-test would call this significant; the corrected one does not
+    assert plain_p < 0.05 < p
+    assert "difference is not significant" in out
+    assert "paired t-test:" not in out.replace("corrected resampled t-test:", "")
+
+
+def test_compare_5x2cv_groups_uses_dietterichs_test_and_shows_the_corrected_one(tmp_path, capsys):
+    store = Store(tmp_path / "mlenv.db")
+    p = [[0.02, 0.04], [0.01, 0.03], [0.03, 0.03], [0.00, 0.02], [0.05, 0.01]]
+    plan = {"folds": 2, "repeats": 5}
+    add_group(store, "a", "cv", cv_members([0.9 + d for row in p for d in row], 2, 5), plan)
+    add_group(store, "b", "cv", cv_members([0.9] * 10, 2, 5), plan)
+    (r,) = compare_groups(store, ["a", "b"], "test_acc")
+    out = capsys.readouterr().out
+    t = 0.02 / math.sqrt((0.0002 + 0.0002 + 0 + 0.0002 + 0.0008) / 5)  # as in the test above
+    assert r["primary"].test == "5x2cv paired t-test"
+    assert r["primary"].p_value == pytest.approx(t_two_sided_p(t, 5), rel=1e-6)
+    assert [x.test for x in r["tests"]] == ["5x2cv paired t-test", "corrected resampled t-test"]
+    assert "test: 5x2cv paired t-test (Dietterich 1998)" in out
+
+
+def test_compare_refuses_a_group_of_one_run(tmp_path):
+    store = Store(tmp_path / "mlenv.db")
+    add_group(store, "full", "repeat", seeds([0.8, 0.9]))
+    group = add_group(store, "solo", "repeat", seeds([0.8]))
+    store.start_run("solo-failed", "solo", {}, group_id=group, member="seed=1")
+    store.finish_run("solo-failed", "failed")
+    with pytest.raises(ConfigError) as err:
+        compare_groups(store, ["full", "solo"], "test_acc")
+    message = str(err.value)
+    assert message == (
+        "compare: group 'solo' has n=1 finished runs with 'test_acc'; a comparison needs at "
+        "least 2 per group"
+    )
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ("three", "members seed=3, seed=4 only in 'five'"),
+        ("folds", "'five' is a repeat group and 'folds' a cv group"),
+    ],
+)
+def test_compare_refuses_groups_that_cannot_be_paired(tmp_path, second, message):
+    store = Store(tmp_path / "mlenv.db")
+    add_group(store, "five", "repeat", seeds([0.80, 0.82, 0.81, 0.83, 0.84]))
+    add_group(store, "three", "repeat", seeds([0.78, 0.79, 0.80]))
+    add_group(store, "folds", "cv", cv_members([0.8, 0.81, 0.82], 3, 1), {"folds": 3, "repeats": 1})
+    with pytest.raises(ConfigError) as err:
+        compare_groups(store, ["five", second], "test_acc")
+    assert message in str(err.value) and "pass --unpaired" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_compare_refuses_cv_groups_with_other_folds_or_other_split_seeds(tmp_path):
+    store = Store(tmp_path / "mlenv.db")
+    plan3, plan5 = {"folds": 3, "repeats": 1}, {"folds": 5, "repeats": 1}
+    add_group(store, "k3", "cv", cv_members([0.8, 0.81, 0.82], 3, 1), plan3, {"seed": 0})
+    add_group(store, "k5", "cv", cv_members([0.8, 0.81, 0.82, 0.8, 0.8], 5, 1), plan5)
+    add_group(store, "k3s1", "cv", cv_members([0.7, 0.71, 0.72], 3, 1), plan3, {"seed": 1})
+    with pytest.raises(ConfigError, match="'k3' has 3 folds x 1 repeats and 'k5' 5 folds x 1"):
+        compare_groups(store, ["k3", "k5"], "test_acc")
+    with pytest.raises(ConfigError, match="drawn with --seed 0 and those of 'k3s1' with --seed 1"):
+        compare_groups(store, ["k3", "k3s1"], "test_acc")
+
+
+def test_compare_unpaired_uses_welch_and_mann_whitney(tmp_path, capsys):
+    store = Store(tmp_path / "mlenv.db")
+    add_group(store, "drug1", "repeat", seeds(SLEEP_1))
+    add_group(store, "drug2", "repeat", seeds(SLEEP_2))
+    add_group(store, "drug2-few", "repeat", seeds(SLEEP_2[:7]))
+    (r,) = compare_groups(store, ["drug1", "drug2"], "test_acc", unpaired=True)
+    out = capsys.readouterr().out
+    assert not r["paired"]
+    assert [t.test for t in r["tests"]] == ["Welch's t-test", "Mann-Whitney U"]
+    assert r["primary"].p_value == pytest.approx(0.07939, rel=1e-3)  # R's sleep Welch test
+    assert "Welch's t-test: t(17.78) = -1.8608, p = 0.07939" in out
+    assert "test: Welch's t-test, because an unpaired comparison was asked for" in out
+    assert "unpaired (n=10 and n=10)" in out
+    (r,) = compare_groups(store, ["drug1", "drug2-few"], "test_acc", unpaired=True)
+    assert r["primary"].test == "Welch's t-test"
+    assert "unpaired (n=10 and n=7)" in capsys.readouterr().out

@@ -3,6 +3,9 @@ cv`` (k-fold cross-validation, repeated), and ``mlenv compare`` (is the differen
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,26 +17,42 @@ from mlenv.errors import ConfigError
 
 
 def parse_seeds(spec: str) -> list[int]:
-    """``0-4`` -> [0, 1, 2, 3, 4]; ``1,5,9`` -> [1, 5, 9].
+    """``0-4`` -> [0, 1, 2, 3, 4]; ``1,5,9`` -> [1, 5, 9]. Seeds are integers >= 0, each given
+    once, at least 2.
 
     >>> parse_seeds("0-2,7")
     [0, 1, 2, 7]
     """
     seeds: list[int] = []
-    try:
-        for part in spec.split(","):
-            if "-" in part.strip()[1:]:
-                low, high = part.split("-", 1)
-                seeds.extend(range(int(low), int(high) + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise ConfigError(
-            f"--seeds: accepts a range like 0-4 or a list like 0,3,7; got {spec!r}"
-        ) from None
-    if len(seeds) < 2:
-        raise ConfigError(f"--seeds: a group needs at least 2 seeds, got {spec!r}")
+    for part in (p.strip() for p in spec.split(",")):
+        if part.startswith("-") and part[1:].split("-")[0].isdigit():
+            raise ConfigError(f"--seeds: seeds are integers >= 0, got {part!r} in {spec!r}")
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match is None:
+            raise ConfigError(
+                f"--seeds: accepts a range like 0-4 or a list like 0,3,7; got {spec!r}"
+            )
+        low = int(match[1])
+        high = int(match[2]) if match[2] is not None else low
+        if high < low:
+            raise ConfigError(f"--seeds: the range {part!r} runs backwards; write {high}-{low}")
+        seeds.extend(range(low, high + 1))
+    check_seeds(seeds, spec)
     return seeds
+
+
+def check_seeds(seeds: list[int], spec: str | None = None) -> None:
+    """At least 2 seeds, each an integer >= 0 and given once (a repeated seed would repeat a
+    run and count it twice)."""
+    given = repr(spec) if spec is not None else str(seeds)
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise ConfigError(f"--seeds: seeds are integers >= 0, got {negative[0]} in {given}")
+    twice = sorted(s for s, count in Counter(seeds).items() if count > 1)
+    if twice:
+        raise ConfigError(f"--seeds: seed {twice[0]} is given more than once in {given}")
+    if len(seeds) < 2:
+        raise ConfigError(f"--seeds: a group needs at least 2 seeds, got {given}")
 
 
 def run_group(
@@ -83,6 +102,8 @@ def group_table(results: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def repeat(recipe: Any, seeds: list[int], overrides: list[str], name: str | None) -> int:
+    """Run ``recipe`` once per seed as the group ``name``; returns the group id."""
+    check_seeds(seeds)
     members = [(f"seed={s}", ["--seed", str(s)]) for s in seeds]
     return run_group(recipe, overrides, "repeat", name, members, {"seeds": seeds})[0]
 
@@ -90,6 +111,8 @@ def repeat(recipe: Any, seeds: list[int], overrides: list[str], name: str | None
 def cross_validate(
     recipe: Any, folds: int, repeats: int, overrides: list[str], name: str | None
 ) -> int:
+    """Run stratified ``folds``-fold cross-validation ``repeats`` times (a new shuffle per
+    repeat) as the group ``name``, one run per (repeat, fold); returns the group id."""
     from mlenv.config import builder_arguments
     from mlenv.data import DATASETS
 
@@ -120,10 +143,18 @@ class Group:
     plan: dict[str, Any]
     values: dict[str, float]  # member -> metric value
     run_dirs: dict[str, str] = field(default_factory=dict)
+    seeds: set[int] = field(default_factory=set)  # the seeds its runs' configurations name
 
     @property
     def array(self) -> np.ndarray:
         return np.array(list(self.values.values()))
+
+    @property
+    def folds(self) -> int:
+        """k of a cv group: from its plan, else from its members' names (``fold=k-1``)."""
+        if "folds" in self.plan:
+            return int(self.plan["folds"])
+        return 1 + max(int(m.rsplit("fold=", 1)[1]) for m in self.values)
 
 
 def load_group(store: Any, spec: str, metric: str) -> Group:
@@ -134,52 +165,130 @@ def load_group(store: Any, spec: str, metric: str) -> Group:
             "--experiment name, or its id)"
         )
     runs = [r for r in store.runs(group_id=group["id"]) if r["status"] == "finished"]
-    missing = [r["id"] for r in runs if metric not in r["summary"]]
-    if missing or not runs:
-        known = sorted(runs[0]["summary"]) if runs else []
+    with_metric = [r for r in runs if metric in r["summary"]]
+    if runs and len(with_metric) < len(runs):
+        known = sorted(set().union(*(r["summary"] for r in runs)))
+        lacking = ", ".join(str(r["member"]) for r in runs if metric not in r["summary"])
         raise ConfigError(
-            f"compare: group {spec!r} has no metric {metric!r} in its runs; "
+            f"compare: group {spec!r} has no metric {metric!r} in its runs {lacking}; "
             f"metrics: {', '.join(known)}"
         )
+    values = {r["member"]: r["summary"][metric] for r in with_metric}
+    if len(values) < 2:
+        raise ConfigError(
+            f"compare: group {spec!r} has n={len(values)} finished runs with {metric!r}; "
+            "a comparison needs at least 2 per group"
+        )
+    seeds = {json.loads(r["config"] or "{}").get("seed") for r in with_metric}
     return Group(
         group["name"],
         group["id"],
         group["kind"],
         group["config"],
-        {r["member"]: r["summary"][metric] for r in runs},
-        {r["member"]: r["run_dir"] for r in runs if r["run_dir"]},
+        values,
+        {r["member"]: r["run_dir"] for r in with_metric if r["run_dir"]},
+        {s for s in seeds if isinstance(s, int)},
     )
 
 
-def compare_two(a: Group, b: Group, alpha: float) -> dict[str, Any]:
-    paired = set(a.values) == set(b.values) and len(a.values) >= 2
-    keys = sorted(a.values) if paired else []
-    x = np.array([a.values[k] for k in keys]) if paired else a.array
-    y = np.array([b.values[k] for k in keys]) if paired else b.array
-    result: dict[str, Any] = {"paired": paired, "difference": float(x.mean() - y.mean())}
-    five_by_two = (
-        paired
-        and a.kind == b.kind == "cv"
-        and a.plan.get("folds") == 2
-        and a.plan.get("repeats") == 5
-    )
+def _natural(member: str) -> list[Any]:
+    """Sort key that puts seed=2 before seed=10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", member)]
+
+
+def _members(names: set[str]) -> str:
+    shown = sorted(names, key=_natural)
+    return ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
+
+
+def pairing_problem(a: Group, b: Group) -> str | None:
+    """Why the runs of ``a`` and ``b`` cannot be paired member by member, or None if they can."""
+    if a.kind != b.kind:
+        return f"{a.name!r} is a {a.kind} group and {b.name!r} a {b.kind} group"
+    if a.kind == "cv":
+        plans = [(g.folds, g.plan.get("repeats")) for g in (a, b)]
+        if plans[0] != plans[1]:
+            return (
+                f"{a.name!r} has {plans[0][0]} folds x {plans[0][1]} repeats and "
+                f"{b.name!r} {plans[1][0]} folds x {plans[1][1]} repeats"
+            )
+        if a.seeds and b.seeds and a.seeds != b.seeds:
+            seeds_a, seeds_b = (", ".join(map(str, sorted(g.seeds))) for g in (a, b))
+            return (
+                f"the folds of {a.name!r} were drawn with --seed {seeds_a} and those of "
+                f"{b.name!r} with --seed {seeds_b}, so the same fold holds different test rows"
+            )
+    only_a, only_b = set(a.values) - set(b.values), set(b.values) - set(a.values)
+    if only_a or only_b:
+        where = [f"{_members(s)} only in {g.name!r}" for s, g in ((only_a, a), (only_b, b)) if s]
+        return "members " + "; ".join(where)
+    return None
+
+
+def compare_two(a: Group, b: Group, alpha: float, unpaired: bool = False) -> dict[str, Any]:
+    """Compare the metric of ``a`` with that of ``b``: the tests, the effect size, an interval
+    of the difference and the reason for the primary test (``why``). Runs are paired by member
+    (seed, or repeat and fold); groups that cannot be paired are refused unless ``unpaired``.
+    """
+    if not unpaired:
+        problem = pairing_problem(a, b)
+        if problem is not None:
+            raise ConfigError(
+                f"compare: cannot pair {a.name!r} (n={len(a.values)}) with {b.name!r} "
+                f"(n={len(b.values)}): {problem}; pass --unpaired to compare them as "
+                "independent samples (Welch's t-test, Mann-Whitney U)"
+            )
+    keys = sorted(a.values, key=_natural)
+    x = a.array if unpaired else np.array([a.values[k] for k in keys])
+    y = b.array if unpaired else np.array([b.values[k] for k in keys])
+    result: dict[str, Any] = {"paired": not unpaired, "difference": float(x.mean() - y.mean())}
     tests: list[stats.TestResult] = []
-    if five_by_two:
-        diffs = [
-            [a.values[f"repeat={r},fold={f}"] - b.values[f"repeat={r},fold={f}"] for f in range(2)]
-            for r in range(5)
-        ]
-        tests.append(stats.five_by_two_cv_t(diffs))
-    if paired:
+    if unpaired:
+        tests += [stats.welch_t(x, y), stats.mann_whitney(x, y)]
+        result["pairing"] = f"unpaired (n={len(x)} and n={len(y)})"
+        result["why"] = (
+            "Welch's t-test, because an unpaired comparison was asked for: the runs are "
+            "treated as two independent samples with possibly unequal variances"
+        )
+        result["interval"] = ("bootstrap", stats.bootstrap_diff_ci(x, y, paired=False))
+    elif a.kind == "cv":
+        ratio = 1 / (a.folds - 1)  # n_test / n_train: one fold tests, the other k-1 train
+        result["test_train_ratio"] = ratio
+        corrected = stats.corrected_resampled_t(x, y, ratio)
+        plan = f"{a.plan.get('repeats', '?')} repeats x {a.folds} folds"
+        result["pairing"] = f"paired by repeat and fold (J={len(x)}: {plan})"
+        five_by_two = a.folds == 2 and a.plan.get("repeats") == 5 and len(keys) == 10
+        if five_by_two:
+            diffs = [
+                [
+                    a.values[f"repeat={r},fold={f}"] - b.values[f"repeat={r},fold={f}"]
+                    for f in (0, 1)
+                ]
+                for r in range(5)
+            ]
+            tests.append(stats.five_by_two_cv_t(diffs))
+            result["why"] = (
+                "5x2cv paired t-test (Dietterich 1998), the test made for 5 repeats of 2-fold "
+                "cv; the corrected resampled t-test (Nadeau & Bengio 2003) is shown too"
+            )
+        else:
+            result["why"] = (
+                "corrected resampled t-test (Nadeau & Bengio 2003), because the folds share "
+                "training rows, so their scores are correlated and a plain paired t-test would "
+                f"find differences that are not there; n_test/n_train = 1/{a.folds - 1}"
+            )
+        tests.append(corrected)
+        result["interval"] = ("corrected-t", stats.corrected_resampled_ci(x, y, ratio))
+    else:
         tests.append(stats.paired_t(x, y))
         if np.any(x != y):
             tests.append(stats.wilcoxon(x, y))
-    else:
-        tests += [stats.welch_t(x, y), stats.mann_whitney(x, y)]
+        result["pairing"] = f"paired by seed (n={len(x)})"
+        result["why"] = "paired t-test, because each seed gives one independent pair of runs"
+        result["interval"] = ("bootstrap", stats.bootstrap_diff_ci(x, y, paired=True))
     result["tests"] = tests
     result["primary"] = tests[0]
     result["effect"] = next((t for t in tests if t.effect_name), tests[0])
-    result["bootstrap_ci"] = stats.bootstrap_diff_ci(x, y, paired)
     result["mcnemar"] = _mcnemar(a, b)
     return result
 
@@ -205,28 +314,46 @@ def describe(values: np.ndarray) -> str:
     return f"mean {mean:.4f}, 95% CI [{low:.4f}, {high:.4f}], n={len(values)}"
 
 
+def _statistic(t: stats.TestResult) -> str:
+    if np.isnan(t.df):
+        return f"statistic {t.statistic:.4f}"
+    return f"t({t.df:.4g}) = {t.statistic:.4f}"
+
+
 def compare_groups(
-    store: Any, specs: list[str], metric: str, alpha: float = 0.05, plot: str | Path | None = None
+    store: Any,
+    specs: list[str],
+    metric: str,
+    alpha: float = 0.05,
+    plot: str | Path | None = None,
+    *,
+    unpaired: bool = False,
 ) -> list[dict[str, Any]]:
-    """Print the comparison of each group against the first; returns the results."""
+    """Print the comparison of each group against the first; returns the results. Groups are
+    paired member by member (seed, or repeat and fold) and refused if they cannot be, unless
+    ``unpaired``.
+
+    >>> compare_groups(Store("runs/mlenv.db"), ["mlp-64-32", "mlp-16"], "test_acc")  # doctest: +SKIP
+    """
     if len(specs) < 2:
         raise ConfigError("compare: give at least two groups")
     groups = [load_group(store, s, metric) for s in specs]
+    results = [compare_two(groups[0], g, alpha, unpaired) for g in groups[1:]]
     for g in groups:
         print(f"{g.name} ({g.kind}, id {g.id}): {metric} {describe(g.array)}")
-    results = [compare_two(groups[0], g, alpha) for g in groups[1:]]
     raw = [r["primary"].p_value for r in results]
     adjusted = stats.holm(raw) if len(results) > 1 else raw
     for g, r, p in zip(groups[1:], results, adjusted, strict=True):
         r["p_adjusted"] = p
         a = groups[0]
+        kind, (low, high) = r["interval"]
         print(
             f"\n{a.name} - {g.name}: difference {r['difference']:+.4f} "
-            f"(bootstrap 95% CI [{r['bootstrap_ci'][0]:+.4f}, {r['bootstrap_ci'][1]:+.4f}]), "
-            f"{'paired by ' + ('fold' if a.kind == 'cv' else 'seed') if r['paired'] else 'unpaired'}"
+            f"({kind} 95% CI [{low:+.4f}, {high:+.4f}]), {r['pairing']}"
         )
+        print(f"  test: {r['why']}")
         for t in r["tests"]:
-            print(f"  {t.test}: statistic {t.statistic:.4f}, p = {t.p_value:.4g}")
+            print(f"  {t.test}: {_statistic(t)}, p = {t.p_value:.4g}")
         e = r["effect"]
         print(f"  effect size: {e.effect_name} = {e.effect:.3f}")
         if r["mcnemar"] is not None:
