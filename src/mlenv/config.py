@@ -69,7 +69,8 @@ class TrainConfig:
     save_every_steps: int | None = None
     save_top_k: int = 1
     monitor: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = None  # None: inferred from the monitor's name
+    test_on: Literal["best", "last"] = "best"  # weights the test split is evaluated with
     early_stopping: bool = False
     patience: int = 5
     min_delta: float = 0.0
@@ -90,6 +91,13 @@ class TrainConfig:
         _positive(self, "save_every_steps", "gamma", "warmup_start_factor", "plateau_patience")
         _non_negative(self, "weight_decay", "momentum", "warmup_epochs", "warmup_steps")
         _non_negative(self, "min_lr", "save_top_k", "patience", "min_delta")
+        _positive(self, "divergence_threshold")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr: must not exceed lr ({self.lr:g}), got {self.min_lr:g}")
+        if self.early_stopping and self.patience == 0:
+            raise ConfigError("patience: early stopping needs patience >= 1, got 0")
+        if self.experiment is not None:
+            check_experiment_name(self.experiment)
         if self.warmup_start_factor > 1:
             raise ConfigError(
                 f"warmup_start_factor: accepts a number in (0, 1], got {self.warmup_start_factor}"
@@ -116,6 +124,57 @@ class TrainConfig:
 
 
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+# Metric names whose larger values are better; everything ending in "loss" is smaller-is-better.
+HIGHER_IS_BETTER = ("acc", "accuracy", "auc", "f1", "precision", "recall", "r2")
+
+
+def check_experiment_name(name: str) -> None:
+    """An experiment is one folder below ``runs_dir``: no separators, no ``..``, not absolute."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", name) or ".." in name:
+        raise ConfigError(
+            f"experiment: accepts a folder name of letters, digits and . _ = + - "
+            f"(no / or ..), got {name!r}"
+        )
+
+
+def resolve_mode(
+    monitor: str,
+    mode: str | None,
+    task_modes: dict[str, str] | None = None,
+    loss_terms: list[str] | tuple[str, ...] = (),
+) -> str:
+    """``min`` or ``max`` for a monitored metric: inferred from its name (loss -> min;
+    acc/auc/f1/precision/recall/r2 -> max; a task's own metrics by the task), checked against
+    an explicit ``mode``.
+
+    >>> resolve_mode("val_acc", None), resolve_mode("val_loss", None)
+    ('max', 'min')
+    """
+    base = monitor.split("_", 1)[1] if monitor.startswith(("val_", "train_")) else monitor
+    inferred = (task_modes or {}).get(base)
+    if inferred is None:
+        if base.endswith("loss") or base in loss_terms:
+            inferred = "min"
+        elif base in HIGHER_IS_BETTER or base.endswith(tuple("_" + m for m in HIGHER_IS_BETTER)):
+            inferred = "max"
+    if mode is None:
+        if inferred is None:
+            raise ConfigError(
+                f"mode: cannot tell whether a higher or a lower {monitor!r} is better; "
+                "give --mode min or --mode max"
+            )
+        return inferred
+    if inferred is not None and mode != inferred:
+        better = "lower" if inferred == "min" else "higher"
+        raise ConfigError(
+            f"mode: {mode!r} contradicts {monitor!r} (a {better} value is better: {inferred!r})"
+        )
+    return mode
+
+
 TRAIN_TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -149,6 +208,8 @@ def _check_type(name: str, value: Any, tp: Any) -> None:
 
 
 def _is_instance(value: Any, tp: Any) -> bool:
+    if get_origin(tp) is Literal:
+        return value in get_args(tp)
     if tp is type(None):
         return value is None
     if tp is float:
@@ -191,6 +252,24 @@ class Recipe:
     task: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+
+
+def recipe_from_config(value: Any) -> Recipe:
+    """The recipe a stored configuration names: inlined (``{name, trainer, dataset, model}``, what
+    every run keeps, so a run from a user's own recipe file needs no file later) or a packaged
+    recipe's name."""
+    if isinstance(value, dict):
+        missing = [k for k in ("name", "trainer", "dataset", "model") if not value.get(k)]
+        if missing:
+            raise ConfigError(f"recipe: the configuration's recipe lacks {', '.join(missing)}")
+        known = ("name", "trainer", "dataset", "model", "description", "path")
+        for key in value:
+            if key not in known:
+                raise ConfigError("recipe: " + unknown_key_message(key, known))
+        return Recipe(**{k: str(v) for k, v in value.items()})
+    if isinstance(value, str) and value:
+        return load_recipe(value)
+    raise ConfigError(f"recipe: expected a recipe name or mapping, got {value!r}")
 
 
 def recipe_names() -> list[str]:
@@ -244,9 +323,18 @@ class RunConfig:
     train: TrainConfig
     task_args: dict[str, Any] = field(default_factory=dict)
 
+    def recipe_spec(self) -> dict[str, str]:
+        return {
+            "name": self.recipe,
+            "trainer": self.trainer,
+            "dataset": self.dataset,
+            "model": self.model,
+        }
+
     def to_flat(self) -> dict[str, Any]:
-        """The flat mapping that ``--config`` reads back: one key per command-line flag."""
-        flat: dict[str, Any] = {"recipe": self.recipe}
+        """The flat mapping that ``--config`` reads back: one key per command-line flag, and the
+        recipe inlined (so the configuration is self-contained)."""
+        flat: dict[str, Any] = {"recipe": self.recipe_spec()}
         flat.update(self.data)
         flat.update(self.model_args)
         flat.update(self.task_args)
@@ -290,7 +378,12 @@ def build_parser(recipe: Recipe, prog: str) -> Any:
 
     parser = ArgumentParser(prog=prog, description=recipe.description or None, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of flag values")
-    parser.add_argument("--recipe", type=str, default=recipe.name, help="the recipe's name")
+    parser.add_argument(
+        "--recipe",
+        type=dict | str,
+        default=recipe.name,
+        help="the recipe: a name, or the inlined mapping a run's config.yaml holds",
+    )
 
     provided = tuple(DATASETS.info(recipe.dataset).get("provides", ()))
     groups = {
@@ -373,9 +466,11 @@ def resolve(
         raise ConfigError(_clean_jsonargparse_message(str(exc), parser)) from None
     values = ns.as_dict()
     values.pop("config", None)
-    if values.pop("recipe") != recipe.name:
+    given = values.pop("recipe")
+    given_name = given.get("name") if isinstance(given, dict) else given
+    if given_name != recipe.name:
         raise ConfigError(
-            f"recipe: the configuration is for recipe {ns.recipe!r}, not {recipe.name!r}"
+            f"recipe: the configuration is for recipe {given_name!r}, not {recipe.name!r}"
         )
     groups = parser.mlenv_groups
     data = {k: values.pop(k) for k in groups["data"]}

@@ -19,3 +19,8 @@ class CheckpointError(MlenvError):
 
 class TrainingError(MlenvError):
     """Training cannot go on (for example, a loss that is NaN or infinite)."""
+
+
+class OutputError(MlenvError):
+    """An output path cannot be written safely (it would replace an input, a run's files, or
+    something that is not a regular file)."""

@@ -7,7 +7,7 @@ a sampler built on the same permutation. A ``DataLoader`` the user built is used
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ class TensorBatches(Batches):
         seed: int = 0,
         drop_last: bool = False,
         limit: int | None = None,
+        keys: list[str] | None = None,
     ) -> None:
         sizes = {len(t) for t in tensors}
         if len(sizes) != 1:
@@ -59,6 +60,7 @@ class TensorBatches(Batches):
         self.seed = seed
         self.drop_last = drop_last
         self.limit = limit
+        self.keys = keys  # batches are dicts with these keys (``fit({"x": x, "y": y})``)
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
@@ -72,7 +74,8 @@ class TensorBatches(Batches):
             tensors = tuple(t[order] for t in tensors)
         bs = self.batch_size
         for i in range(self.start, len(self)):
-            yield tuple(t[i * bs : (i + 1) * bs] for t in tensors)
+            batch = tuple(t[i * bs : (i + 1) * bs] for t in tensors)
+            yield dict(zip(self.keys, batch, strict=True)) if self.keys else batch
 
     def to(self, device: torch.device) -> TensorBatches:
         self.tensors = tuple(t.to(device) for t in self.tensors)
@@ -133,22 +136,60 @@ class DatasetBatches(Batches):
 
 
 class LoaderBatches(Batches):
-    """A user's own ``DataLoader``: its order is its own; a mid-epoch resume skips batches."""
+    """A user's own ``DataLoader``: its order is its own. A shuffling loader draws its permutation
+    from the global torch RNG (or its own generator) when the epoch's iterator starts, so those
+    RNG states are kept (``order_state``, saved in checkpoints); a mid-epoch resume sets them
+    again (``replay``), draws the same permutation, skips the batches already trained and then
+    puts back the RNG state the checkpoint restored."""
 
     def __init__(self, loader: DataLoader, limit: int | None = None) -> None:
         self.loader = loader
         self.limit = limit
         self.seed = 0
+        self.order_state: dict[str, Any] | None = None
+        self.replay: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         count = len(self.loader)
         return min(count, self.limit) if self.limit is not None else count
 
+    def _generators(self) -> dict[str, torch.Generator]:
+        found = {}
+        for name, owner in (("loader", self.loader), ("sampler", self.loader.sampler)):
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator):
+                found[name] = generator
+        return found
+
+    def _capture(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        state.update({name: g.get_state() for name, g in self._generators().items()})
+        return state
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        for name, generator in self._generators().items():
+            if name in state:
+                generator.set_state(state[name])
+
     def __iter__(self) -> Iterator[Any]:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        for i, batch in enumerate(self.loader):
+        replay, self.replay = self.replay, None
+        if replay is not None:
+            now = self._capture()
+            self._apply(replay)
+        self.order_state = self._capture()
+        iterator = iter(self.loader)
+        position = 0
+        if replay is not None:
+            # the permutation is drawn at the first batch: draw it as the original epoch did
+            for _ in range(self.start):
+                next(iterator, None)
+            position = self.start
+            self._apply(now)
+        for i, batch in enumerate(iterator, start=position):
             if i >= len(self):
                 break
             if i >= self.start:
@@ -162,12 +203,17 @@ def make_batches(
     seed: int,
     limit: int | None = None,
 ) -> Batches:
-    """Wrap tensors, a ``TensorDataset``, a ``Dataset`` or a ``DataLoader`` as ``Batches``."""
+    """Wrap tensors (a tuple, or a dict of named tensors), a ``TensorDataset``, a ``Dataset`` or
+    a ``DataLoader`` as ``Batches``."""
     if isinstance(data, Batches):
         data.limit = limit if limit is not None else getattr(data, "limit", None)
         return data
     if isinstance(data, torch.Tensor):
         data = (data,)
+    if isinstance(data, Mapping) and all(isinstance(t, torch.Tensor) for t in data.values()):
+        return TensorBatches(
+            list(data.values()), batch_size, shuffle, seed, limit=limit, keys=list(data)
+        )
     if isinstance(data, TensorDataset):
         data = data.tensors
     if isinstance(data, list | tuple) and all(isinstance(t, torch.Tensor) for t in data):
@@ -177,6 +223,7 @@ def make_batches(
     if isinstance(data, Dataset):
         return DatasetBatches(data, batch_size, shuffle=shuffle, seed=seed, limit=limit)
     raise TypeError(
-        "data must be tensors (x, y), a TensorDataset, a Dataset or a DataLoader, "
+        "data must be tensors (x, y), a dict of tensors, a TensorDataset, a Dataset or a "
+        "DataLoader, "
         f"got {type(data).__name__}"
     )

@@ -21,30 +21,35 @@ def new_run_id() -> str:
 
 
 class Run:
-    """Where one training run writes. Every file is written to a temporary name then renamed."""
+    """Where one training run writes. Every file is written to a temporary name then renamed.
+
+    ``Run(path)`` only names the folder; ``RunSession`` (track/session.py) creates or reopens it,
+    records the run in the store, and closes everything with the run's final status.
+    """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = self.path / "checkpoints"
-        self.plots = self.path / "plots"
+        self.path = Path(path).absolute()
         self._writer: Any = None
-        self._step_buffer: list[tuple[str, float, int]] = []
-        self.config_text: str | None = None  # written by start()
+        self.purge_step: int | None = None  # set on resume: TensorBoard drops later events
         self.store: Any = None  # the experiment store, when the run is recorded in one
         self.trackers: list[Any] = []  # optional W&B / MLflow writers
 
     @classmethod
-    def create(cls, runs_dir: str | Path, experiment: str, run_id: str | None = None) -> Run:
-        """A new, empty run folder (never an existing run's)."""
-        while True:
-            path = Path(runs_dir) / experiment / (run_id or new_run_id())
-            try:
-                path.mkdir(parents=True, exist_ok=False)
-                return cls(path)
-            except FileExistsError:
-                if run_id is not None:
-                    raise
+    def plan(cls, runs_dir: str | Path, experiment: str) -> Run:
+        """A new run's folder name (not created yet: the session creates it)."""
+        return cls(Path(runs_dir) / experiment / new_run_id())
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def id(self) -> str:
+        return self.path.name
 
     # -- files ----------------------------------------------------------------------------------
     def write_text(self, name: str, text: str) -> Path:
@@ -55,13 +60,15 @@ class Run:
     def write_config(self, yaml_text: str) -> Path:
         return self.write_text("config.yaml", yaml_text)
 
-    def start(self) -> None:
-        """Called by the Trainer once set-up (and any resume) succeeded: only then is the folder
-        changed, so a bad checkpoint or configuration leaves an existing run untouched."""
-        if self.config_text is not None:
-            self.write_config(self.config_text)
+    def read_summary(self) -> dict[str, Any]:
+        path = self.path / "summary.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
+        summary = {"run_id": self.id, **{k: v for k, v in summary.items() if k != "run_id"}}
         return self.write_text("summary.json", json.dumps(_plain(summary), indent=2) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> Path:
@@ -76,49 +83,48 @@ class Run:
             writer.writerow({k: _fmt(v) for k, v in row.items()})
         return self.write_text("metrics.csv", out.getvalue())
 
-    # -- TensorBoard ----------------------------------------------------------------------------
+    # -- TensorBoard, the store, trackers ---------------------------------------------------------
     @property
     def writer(self) -> Any:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+            self._writer = SummaryWriter(
+                log_dir=str(self.path / "tensorboard"), purge_step=self.purge_step
+            )
         return self._writer
 
-    def log_step(self, name: str, value: float, step: int) -> None:
-        """Buffered: written at the epoch's end, so logging costs no time inside the loop."""
-        self._step_buffer.append((name, value, step))
-
-    def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
-        """The epoch's metrics and the buffered per-step values: to TensorBoard (``epoch/*``,
-        ``step/*``), to the store (plain names at step = epoch; ``step/*`` at the optimizer
-        step) and to any tracker."""
-        for name, value, step in self._step_buffer:
+    def log_steps(self, rows: list[tuple[str, float, int]]) -> None:
+        """Per-optimizer-step values ``(name, value, step)``: TensorBoard ``step/<name>`` and the
+        store's ``step/<name>`` rows."""
+        for name, value, step in rows:
             self.writer.add_scalar(f"step/{name}", value, step)
-        if self.store is not None and self._step_buffer:
-            self.store.log_step_metrics(
-                self.id, [(step, f"step/{name}", value) for name, value, step in self._step_buffer]
-            )
-        self._step_buffer.clear()
+        if self.store is not None:
+            self.store.log_step_metrics(self.id, [(step, f"step/{n}", v) for n, v, step in rows])
+
+    def log_epoch(self, metrics: dict[str, Any], epoch: int, global_step: int) -> None:
+        """An epoch's metrics: TensorBoard ``epoch/*`` at the optimizer step the epoch ended on
+        (one x axis for step and epoch values, and one purge step on resume), the store's rows
+        at step = epoch, and any tracker."""
         numbers = {
             k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "epoch"
         }
         for name, value in numbers.items():
-            self.writer.add_scalar(f"epoch/{name}", value, epoch)
+            self.writer.add_scalar(f"epoch/{name}", value, global_step)
         self.writer.flush()
         if self.store is not None:
             self.store.log_metrics(self.id, epoch, numbers)
         for tracker in self.trackers:
             tracker.log(numbers, epoch)
 
-    @property
-    def id(self) -> str:
-        return self.path.name
-
     def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.close()
-        self.trackers = []
+        """Close trackers and TensorBoard; safe to call more than once."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            try:
+                tracker.close()
+            except Exception as exc:  # a tracker's failure must not hide the run's own status
+                print(f"mlenv: warning: closing {type(tracker).__name__} failed: {exc}")
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mlenv.errors import MlenvError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -48,7 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     start TEXT NOT NULL,
     end TEXT,
-    status TEXT NOT NULL,            -- running | finished | failed | killed
+    status TEXT NOT NULL,            -- running | finished | failed | interrupted | killed
     error TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -58,6 +61,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name, step);
+-- the key of a metric row: a resumed run that replays a step overwrites it (metrics_key below)
 CREATE TABLE IF NOT EXISTS summaries (
     run_id TEXT NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
@@ -97,6 +101,18 @@ def versions() -> dict[str, str]:
     }
 
 
+MIN_PREFIX = 6  # characters of a run id that `runs show`/`runs delete` accept as a prefix
+
+
+def _summary_run_id(path: Path) -> str | None:
+    """The ``run_id`` that a run folder's ``summary.json`` names, or ``None``."""
+    try:
+        named = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return named.get("run_id") if isinstance(named, dict) else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,6 +136,24 @@ class Store:
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)
+        self._ensure_metric_key()
+
+    def _ensure_metric_key(self) -> None:
+        """One row per (run, step, name). Stores written before this key existed may hold
+        duplicates from replayed steps: the newest row of each key is kept."""
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'metrics_key'"
+        ).fetchone()
+        if exists:
+            return
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM metrics WHERE rowid NOT IN "
+                "(SELECT MAX(rowid) FROM metrics GROUP BY run_id, step, name)"
+            )
+            db.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS metrics_key ON metrics(run_id, step, name)"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -171,12 +205,23 @@ class Store:
         member: str | None = None,
         device: str | None = None,
     ) -> None:
+        """Record a run as ``running``. For a run already in the store (a resume) this updates
+        the row and keeps what the first start recorded: group, member and start time."""
         experiment_id = self.experiment_id(experiment)
+        if run_dir is not None:
+            run_dir = str(Path(run_dir).absolute())
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO runs(id, experiment_id, group_id, member, run_dir, recipe,"
+                "INSERT INTO runs(id, experiment_id, group_id, member, run_dir, recipe,"
                 " config, git_commit, versions, device, host, pid, start, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')"
+                " ON CONFLICT(id) DO UPDATE SET"
+                " group_id = COALESCE(runs.group_id, excluded.group_id),"
+                " member = COALESCE(runs.member, excluded.member),"
+                " run_dir = excluded.run_dir, config = excluded.config,"
+                " git_commit = excluded.git_commit, versions = excluded.versions,"
+                " device = excluded.device, host = excluded.host, pid = excluded.pid,"
+                " status = 'running', end = NULL, error = NULL",
                 (
                     run_id,
                     experiment_id,
@@ -200,15 +245,29 @@ class Store:
         ]
         with self.transaction() as db:
             db.executemany(
-                "INSERT INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)", rows
+                "INSERT OR REPLACE INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                rows,
             )
 
     def log_step_metrics(self, run_id: str, rows: list[tuple[int, str, float]]) -> None:
         """Many ``(step, name, value)`` rows in one transaction (per-step values of an epoch)."""
         with self.transaction() as db:
             db.executemany(
-                "INSERT INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO metrics(run_id, step, name, value) VALUES (?, ?, ?, ?)",
                 [(run_id, step, name, float(value)) for step, name, value in rows],
+            )
+
+    def truncate_metrics(self, run_id: str, epoch: int, global_step: int) -> None:
+        """On resume: drop rows logged after the checkpoint (epoch rows past ``epoch``, per-step
+        rows past ``global_step``), which the resumed run will log again."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM metrics WHERE run_id = ? AND name NOT LIKE 'step/%' AND step > ?",
+                (run_id, epoch),
+            )
+            db.execute(
+                "DELETE FROM metrics WHERE run_id = ? AND name LIKE 'step/%' AND step > ?",
+                (run_id, global_step),
             )
 
     def finish_run(
@@ -228,15 +287,51 @@ class Store:
                 "UPDATE runs SET status = ?, end = ?, error = ? WHERE id = ?",
                 (status, now(), error, run_id),
             )
+            if summary is not None:  # a new summary replaces the old one whole
+                db.execute("DELETE FROM summaries WHERE run_id = ?", (run_id,))
             db.executemany(
                 "INSERT OR REPLACE INTO summaries(run_id, name, value) VALUES (?, ?, ?)", rows
             )
 
-    def delete_run(self, run_id: str) -> None:
+    def delete_run(self, run_id: str, folder: str | Path | None = None) -> None:
+        """Forget the run; with ``folder`` (from :meth:`deletable_folder`) remove that first, so
+        a folder that cannot be removed leaves the run listed, never a folder nobody knows."""
+        if folder is not None:
+            shutil.rmtree(folder)
         with self.transaction() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM summaries WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def deletable_folder(self, run: dict, force: bool = False) -> Path | None:
+        """The folder to remove with ``run``, or ``None`` when it is already gone. Raises
+        :class:`MlenvError` when removing it could lose what is not this run's: a folder whose
+        ``summary.json`` does not name this run, or a run whose process may still be writing
+        (``running`` on another host, or its process alive here) unless ``force``."""
+        if run["status"] == "running" and not force:
+            where = f"process {run['pid']} on {run['host']}"
+            if run["host"] == socket.gethostname():
+                where += ", still alive"
+            raise MlenvError(
+                f"run {run['id']} is running ({where}); stop it first, or pass --force "
+                "to delete it anyway"
+            )
+        folder = self.run_folder(run)
+        if folder is None or not (folder.exists() or folder.is_symlink()):
+            return None
+        if folder.is_symlink() or not folder.is_dir():
+            raise MlenvError(
+                f"not deleting {folder}: it is not a folder; remove it yourself if it is yours, "
+                f"then `mlenv runs delete {run['id']}` forgets the run"
+            )
+        named = _summary_run_id(folder / "summary.json")
+        if named != run["id"]:
+            found = "has no readable summary.json" if named is None else f"is run {named!r}"
+            raise MlenvError(
+                f"not deleting {folder}: it {found}, not run {run['id']}; remove it yourself "
+                f"if it is this run's, then `mlenv runs delete {run['id']}` forgets the run"
+            )
+        return folder
 
     # -- reading --------------------------------------------------------------------------------
     def mark_dead_runs(self) -> None:
@@ -285,18 +380,66 @@ class Store:
                 out.setdefault(r["run_id"], {})[r["name"]] = r["value"]
         return out
 
-    def run(self, run_id: str) -> dict | None:
+    def matching_runs(self, id_or_prefix: str) -> list[dict]:
+        """The run with exactly this id, else every run whose id starts with it (a prefix of at
+        least ``MIN_PREFIX`` characters; a shorter one matches nothing but the exact id)."""
         self.mark_dead_runs()
-        row = self._db.execute(
+        query = (
             "SELECT runs.*, experiments.name AS experiment FROM runs JOIN experiments ON "
-            "experiments.id = runs.experiment_id WHERE runs.id = ? OR runs.id LIKE ?",
-            (run_id, f"%{run_id}"),
-        ).fetchall()
-        if len(row) != 1:
+            "experiments.id = runs.experiment_id WHERE "
+        )
+        rows = self._db.execute(query + "runs.id = ?", (id_or_prefix,)).fetchall()
+        if not rows and len(id_or_prefix) >= MIN_PREFIX:
+            rows = self._db.execute(  # substr, not LIKE: '_' and '%' in the text are literal
+                query + "substr(runs.id, 1, ?) = ? ORDER BY runs.start, runs.id",
+                (len(id_or_prefix), id_or_prefix),
+            ).fetchall()
+        runs = [dict(r) for r in rows]
+        summaries = self._summaries([r["id"] for r in runs])
+        for run in runs:
+            run["summary"] = summaries.get(run["id"], {})
+        return runs
+
+    def run(self, run_id: str) -> dict | None:
+        """The run with this id or this unambiguous prefix (``MIN_PREFIX`` characters or more)."""
+        runs = self.matching_runs(run_id)
+        return runs[0] if len(runs) == 1 else None
+
+    def find_run(self, id_or_prefix: str) -> dict:
+        """Like :meth:`run`, but a miss raises :class:`MlenvError` saying why: no such run, a
+        prefix too short, or an ambiguous prefix (with the candidates)."""
+        runs = self.matching_runs(id_or_prefix)
+        if len(runs) == 1:
+            return runs[0]
+        if not runs:
+            short = (
+                f" (a prefix needs at least {MIN_PREFIX} characters)"
+                if len(id_or_prefix) < MIN_PREFIX
+                else ""
+            )
+            raise MlenvError(
+                f"no run {id_or_prefix!r} in {self.path}{short}; `mlenv runs list` shows the ids"
+            )
+        shown = "; ".join(f"{r['id']} ({r['experiment']}, {r['status']})" for r in runs[:10])
+        more = f"; and {len(runs) - 10} more" if len(runs) > 10 else ""
+        raise MlenvError(
+            f"{id_or_prefix!r} matches {len(runs)} runs: {shown}{more}; give more of the id"
+        )
+
+    def run_folder(self, run: dict) -> Path | None:
+        """The run's folder as an absolute path. Runs record it absolute; older rows hold it
+        relative to where training started (``<runs_dir>/<experiment>/<run-id>``), which is
+        read as ``<experiment>/<run-id>`` beside the store file (the default store is
+        ``<runs_dir>/mlenv.db``), never relative to the current folder."""
+        if not run.get("run_dir"):
             return None
-        run = dict(row[0])
-        run["summary"] = self._summaries([run["id"]]).get(run["id"], {})
-        return run
+        folder = Path(run["run_dir"])
+        if folder.is_absolute():
+            return folder
+        parts = folder.parts
+        if len(parts) < 2 or parts[-1] != run["id"]:
+            return None
+        return self.path.resolve().parent / parts[-2] / parts[-1]
 
     def metrics(self, run_id: str) -> list[dict]:
         return [

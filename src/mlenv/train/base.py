@@ -8,8 +8,10 @@ from torch import nn
 class BaseModel(nn.Module):
     """An ``nn.Module`` with ``forward()``, a ``dim`` property (output width) and ``init_weights()``.
 
-    The Trainer calls ``init_weights()`` once at set-up (after seeding), so a run's initial weights
-    depend only on its seed. The default re-runs every submodule's own ``reset_parameters``.
+    ``init_weights()`` is called once, when the model is built (``create_model``, or the recipe
+    runner after seeding), so a run's initial weights depend only on its seed; the Trainer never
+    calls it, so a model with loaded weights keeps them. The default re-runs every submodule's own
+    ``reset_parameters``.
     """
 
     @property

@@ -17,9 +17,12 @@ def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.
 class EarlyStopping:
     """Stop after ``patience`` epochs without an improvement larger than ``min_delta``.
 
+    Like Keras and Lightning: with ``patience=2`` the run stops at the second epoch in a row
+    without an improvement.
+
     >>> es = EarlyStopping(patience=1, mode="min")
     >>> [es.update(v) for v in (1.0, 0.9, 0.95, 0.97)]
-    [None, None, None, 'no improvement in val_loss for 1 epochs (best 0.9 at epoch 2)']
+    [None, None, 'no improvement in val_loss for 1 epochs (best 0.9 at epoch 2)', None]
     """
 
     def __init__(
@@ -41,7 +44,7 @@ class EarlyStopping:
             self.best, self.best_epoch, self.bad_epochs = value, self.epochs_seen, 0
             return None
         self.bad_epochs += 1
-        if self.bad_epochs > self.patience:
+        if self.bad_epochs == self.patience:
             return (
                 f"no improvement in {self.monitor} for {self.patience} epochs "
                 f"(best {self.best:.6g} at epoch {self.best_epoch})"
@@ -69,24 +72,35 @@ class TopKCheckpoints:
     def _sorted(self, items: list[tuple[float, str]]) -> list[tuple[float, str]]:
         return sorted(items, key=lambda item: item[0], reverse=self.mode == "max")
 
-    def offer(self, epoch: int, value: float, data: bytes) -> bool:
-        """Write ``data`` when ``value`` ranks in the top k; returns whether it is the new best."""
-        from mlenv.train.checkpoint import atomic_write_bytes
-
+    def rank(self, epoch: int, value: float) -> tuple[str, list[str], bool] | None:
+        """Enter ``value`` into the kept list when it ranks in the top k: returns the file name
+        to write, the names to delete and whether it is the new best; ``None`` when it does not
+        rank. Call ``write`` with the checkpoint's bytes afterwards."""
         if self.k == 0 or not math.isfinite(value):
-            return False
+            return None
         name = f"epoch={epoch:04d}-{self.monitor}={value:.6g}.pt"
         ranked = self._sorted([*self.kept, (value, name)])
         if (value, name) not in ranked[: self.k]:
-            return False
-        atomic_write_bytes(self.directory / name, data)
+            return None
         self.kept = ranked[: self.k]
-        for _, dropped in ranked[self.k :]:
-            (self.directory / dropped).unlink(missing_ok=True)
-        is_best = self.kept[0][1] == name
+        return name, [dropped for _, dropped in ranked[self.k :]], self.kept[0][1] == name
+
+    def write(self, ranked: tuple[str, list[str], bool], data: bytes) -> None:
+        from mlenv.train.checkpoint import atomic_write_bytes
+
+        name, dropped, is_best = ranked
+        atomic_write_bytes(self.directory / name, data)
+        for old in dropped:
+            (self.directory / old).unlink(missing_ok=True)
         if is_best:
             atomic_write_bytes(self.directory / "best.pt", data)
-        return is_best
+
+    def offer(self, epoch: int, value: float, data: bytes) -> bool:
+        """Write ``data`` when ``value`` ranks in the top k; returns whether it is the new best."""
+        ranked = self.rank(epoch, value)
+        if ranked is not None:
+            self.write(ranked, data)
+        return ranked is not None and ranked[2]
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept": [[v, n] for v, n in self.kept]}

@@ -1,4 +1,5 @@
-"""One recipe run from a resolved configuration: data, model, trainer, run folder, summary.
+"""One recipe run from a resolved configuration: data, model, task, trainer, run session, summary;
+and ``load_run``, the one loader of a trained run that test, predict, export, bench and resume use.
 
 This is the whole flow of ``mlenv train``; the CLI only parses and calls ``run_recipe``.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlenv.config import RunConfig
+from mlenv.errors import ConfigError
 from mlenv.track.report import format_summary, format_table
 
 
@@ -23,21 +25,64 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def build(cfg: RunConfig) -> tuple[Any, Any, Any]:
-    """The data bundle, model and Trainer class a configuration names."""
+def build_data(cfg: RunConfig) -> Any:
+    """The data bundle a configuration names."""
     from mlenv.data import DATASETS
-    from mlenv.models import MODELS
-    from mlenv.train.tasks import TRAINERS
 
     builder = DATASETS.get(cfg.dataset)
     data_args = dict(cfg.data)
     if "seed" in inspect.signature(builder).parameters:
         data_args["seed"] = cfg.train.seed
-    bundle = DATASETS.create(cfg.dataset, **data_args)
-    model_params = inspect.signature(MODELS.get(cfg.model)).parameters
-    from_data = {k: v for k, v in bundle.model_kwargs.items() if k in model_params}
+    return DATASETS.create(cfg.dataset, **data_args)
+
+
+def build_model(cfg: RunConfig, model_kwargs: dict[str, Any]) -> Any:
+    """The model a configuration names, with the arguments the data determines, initialised once
+    (``init_weights``) from the current RNG state."""
+    from mlenv.models import MODELS
+
+    params = inspect.signature(MODELS.get(cfg.model)).parameters
+    from_data = {k: v for k, v in model_kwargs.items() if k in params}
     model = MODELS.create(cfg.model, **from_data, **cfg.model_args)
-    return bundle, model, TRAINERS.get(cfg.trainer)
+    if hasattr(model, "init_weights"):
+        model.init_weights()
+    return model
+
+
+def build_task(cfg: RunConfig) -> Any:
+    from mlenv.train.tasks import TASKS
+
+    return TASKS.create(cfg.trainer, **cfg.task_args)
+
+
+def build(cfg: RunConfig) -> tuple[Any, Any, Any]:
+    """The data bundle, model and task a configuration names (seeded: same seed, same model)."""
+    from mlenv.runtime.seed import seed_everything
+
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    bundle = build_data(cfg)
+    return bundle, build_model(cfg, bundle.model_kwargs), build_task(cfg)
+
+
+def check_resume_overrides(stored: dict[str, Any], cfg: RunConfig, path: Path) -> None:
+    """A resumed run may change only what does not alter the checkpoint's meaning (epochs,
+    patience, logging, device, ...). Anything else (optimizer, lr, batch size, model or data
+    arguments) is refused before anything is written."""
+    from mlenv.train.trainer import RESUMABLE_FIELDS
+
+    new = cfg.to_flat()
+    changed = [
+        key
+        for key, value in new.items()
+        if key not in RESUMABLE_FIELDS and key in stored and stored[key] != value
+    ]
+    changed = [k for k in changed if k not in ("recipe", "experiment")]
+    if changed:
+        shown = ", ".join(f"{k} ({stored[k]!r} -> {new[k]!r})" for k in changed)
+        raise ConfigError(
+            f"resume: {path} was trained with other values; cannot change on resume: {shown}. "
+            f"Allowed on resume: {', '.join(RESUMABLE_FIELDS)} (start a new run to change others)"
+        )
 
 
 def run_recipe(
@@ -48,69 +93,76 @@ def run_recipe(
     member: str | None = None,
 ) -> RunResult:
     """Train ``cfg`` end to end; with ``run_dir`` (an existing run folder) continue that run.
-    The run is recorded in the experiment store (``group_id``/``member`` for repeats and folds)."""
-    from mlenv.errors import TrainingError
-    from mlenv.runtime.seed import seed_everything
+    The run is recorded in the experiment store (``group_id``/``member`` for repeats and folds).
+    Everything that can be checked (configuration, data, a resumed checkpoint, the monitored
+    metric) is checked before the run folder is created or touched."""
     from mlenv.track.run import Run
+    from mlenv.track.session import RunSession
     from mlenv.track.store import Store
     from mlenv.track.trackers import make_trackers
-    from mlenv.train.trainer import TrainingInterrupted
+    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from mlenv.train.trainer import Trainer
 
     out = out or sys.stdout
     c = cfg.train
-    seed_everything(c.seed, c.deterministic)
-    bundle, model, trainer_cls = build(cfg)
-    run = store = None
     experiment = c.experiment or cfg.recipe
+    checkpoint = None
     if c.resume in ("last", "best") and run_dir is None:
         run_dir = latest_run(c.runs_dir, experiment, c.resume)
+    if c.resume:
+        folder = Path(run_dir) / "checkpoints" if run_dir else None
+        resume_path = resolve_checkpoint(c.resume, folder)
+        checkpoint = load_checkpoint(resume_path)
+        check_resume_overrides(checkpoint["config"], cfg, resume_path)
+        done = checkpoint["state"]["epoch"]
+        if done >= c.epochs:
+            raise ConfigError(
+                f"resume: {resume_path} has already trained {done} of {c.epochs} epochs; "
+                "give --epochs N larger than that to train further"
+            )
+    bundle, model, task = build(cfg)
+    run = None
     if not c.fast_dev_run:
-        run = Run(run_dir) if run_dir else Run.create(c.runs_dir, experiment)
-        run.config_text = cfg.to_yaml()
-        store = Store(c.store or Path(c.runs_dir) / "mlenv.db")
-        run.store = store
-        run.trackers = make_trackers(
-            c.wandb, c.mlflow, experiment, run.id, cfg.to_flat(), str(run.path)
-        )
-    trainer = trainer_cls(c, model, run=run, run_config=cfg.to_flat(), **cfg.task_args)
+        run = Run(run_dir) if run_dir else Run.plan(c.runs_dir, experiment)
+    trainer = Trainer(c, model, task=task, run=run, run_config=cfg.to_flat())
     trainer.data_state = {**bundle.state, "model_kwargs": bundle.model_kwargs}
+    if checkpoint is not None:
+        trainer.resume_with(checkpoint, resume_path)
+    trainer.prepare(bundle.train, bundle.val)  # set-up, resume, monitor check: may raise
     for key, value in bundle.info.items():
         print(f"{key}: {value}", file=out)
-    if store is not None:
-        store.start_run(
-            run.id,
-            experiment,
-            cfg.to_flat(),
-            run_dir=str(run.path),
-            recipe=cfg.recipe,
-            group_id=group_id,
-            member=member,
-            device=str(trainer.device),
-        )
+    if run is None:
+        summary = _train_and_summarise(cfg, bundle, trainer, None, out)
+        return RunResult(None, trainer.history, summary)
+    store = Store(c.store or Path(c.runs_dir) / "mlenv.db")
+    session = RunSession(
+        run,
+        store,
+        experiment=experiment,
+        config=cfg.to_flat(),
+        config_text=cfg.to_yaml(),
+        recipe=cfg.recipe,
+        group_id=group_id,
+        member=member,
+        device=str(trainer.device),
+        resumed=(trainer.epoch, trainer.global_step) if checkpoint is not None else None,
+        trackers=make_trackers(c.wandb, c.mlflow, experiment, run.id, cfg.to_flat(), str(run.path)),
+    )
     try:
-        summary = _train_and_summarise(cfg, bundle, trainer, run, out)
-    except TrainingInterrupted as exc:
-        if store is not None:
-            store.finish_run(run.id, "killed", error=str(exc))
-        raise
-    except BaseException as exc:
-        if run is not None and isinstance(exc, TrainingError):  # e.g. a NaN loss: say why
-            run.write_summary(
-                {
+        with session:
+            try:
+                summary = _train_and_summarise(cfg, bundle, trainer, run, out)
+            except BaseException:
+                session.summary = {
                     "recipe": cfg.recipe,
                     "epochs": trainer.epoch,
-                    "stop_reason": str(exc),
-                    "status": "failed",
                     "history": trainer.history,
                 }
-            )
-        if store is not None:
-            store.finish_run(run.id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    if store is not None:
-        store.finish_run(run.id, "finished", summary)
+                raise
+            session.finish(summary)
+    finally:
         store.close()
-    return RunResult(run.path if run else None, trainer.history, summary)
+    return RunResult(run.path, trainer.history, {**summary, "status": session.status})
 
 
 def latest_run(runs_dir: str | Path, experiment: str, checkpoint: str) -> Path:
@@ -131,6 +183,7 @@ def _train_and_summarise(
     cfg: RunConfig, bundle: Any, trainer: Any, run: Any, out: Any
 ) -> dict[str, Any]:
     from mlenv.track.plots import plot_loss_curve
+    from mlenv.train.checkpoint import file_sha256, load_checkpoint, load_model_state
 
     c = cfg.train
     started = time.time()
@@ -142,22 +195,32 @@ def _train_and_summarise(
         "stop_reason": result.stop_reason,
         "device": str(trainer.device),
         "threads": trainer.threads,
+        "parameters": trainer.parameter_count,
         "seconds": round(time.time() - started, 2),
     }
     summary.update({k: v for k, v in result.last.items() if k not in ("epoch", "seconds")})
     summary["data"] = bundle.info
     if result.best:
         summary["best_" + c.monitor] = result.best[c.monitor]
+    best_file = run.checkpoints / "best.pt" if run is not None else None
+    if c.test_on == "best" and best_file is not None and best_file.is_file():
+        best = load_checkpoint(best_file)
+        load_model_state(trainer.raw_model, best["model"], best_file)
+        summary["tested_on"] = f"best ({c.monitor}, epoch {best['state']['epoch']})"
+    else:
+        summary["tested_on"] = f"last (epoch {trainer.epoch})"
+    if run is not None:  # the weights the test metrics come from: the file to share
+        summary["weights"] = str(trainer.save_weights(run.path / "model.safetensors"))
+        summary["weights_sha256"] = file_sha256(run.path / "model.safetensors")
     if bundle.test is not None:
         summary.update(trainer.evaluate(bundle.test))
         summary.update(trainer.report(bundle, run))
     if run is not None:
         summary["run_dir"] = str(run.path)
-        summary["weights"] = str(trainer.save_weights(run.path / "model.safetensors"))
         if result.history:
             plot = plot_loss_curve(result.history, run.plots / "loss_curve.png")
             summary["loss_curve"] = str(plot)
-        run.write_summary(summary)
+        run.write_summary({**summary, "status": "running"})
     else:
         summary["fast_dev_run"] = "ok: one batch of train and validation ran; nothing written"
     print(file=out)
@@ -165,27 +228,97 @@ def _train_and_summarise(
     return summary
 
 
-def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "mlenv") -> tuple:
-    """``(trainer, config, checkpoint state, checkpoint path)`` for a trained checkpoint (a file or
-    a run folder): the model is built from the checkpoint's configuration and data state (no
-    training data needed); the weights are loaded by the caller after ``trainer.setup``."""
-    from mlenv.config import load_recipe, resolve
-    from mlenv.models import MODELS
-    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from mlenv.train.tasks import TRAINERS
+# ----------------------------------------------------------------------------------------------
+# Trained runs.
 
-    path = resolve_checkpoint(weights, None)
-    state = load_checkpoint(path)
-    base = dict(state["config"])
+
+@dataclass
+class LoadedRun:
+    """What ``load_run`` returns: the resolved configuration, the model with the trained weights
+    loaded (on the CPU, in eval mode), the task, the data's preprocessing, and the checkpoint."""
+
+    config: RunConfig
+    model: Any
+    task: Any
+    preprocessing: dict[str, Any]
+    checkpoint_path: Path
+    checkpoint: dict[str, Any]
+
+    def __iter__(self):  # (config, model, task, preprocessing), as the issue's contract says
+        return iter((self.config, self.model, self.task, self.preprocessing))
+
+    def trainer(self) -> Any:
+        """A Trainer around the loaded model (its weights are used as they are)."""
+        from mlenv.train.trainer import Trainer
+
+        trainer = Trainer(
+            self.config.train, self.model, task=self.task, run_config=self.config.to_flat()
+        )
+        trainer.data_state = self.preprocessing
+        return trainer
+
+
+def load_run(
+    path: str | Path, overrides: list[str] | None = None, prog: str = "mlenv"
+) -> LoadedRun:
+    """A trained run (its folder or a checkpoint file): configuration from the checkpoint (the
+    recipe is inlined, so a run from the user's own recipe file loads anywhere), the model built
+    from it and the data's preprocessing, the weights loaded. No training data is read.
+
+    >>> config, model, task, preprocessing = load_run("runs/tabular-binary/<id>")  # doctest: +SKIP
+    """
+    from mlenv.config import recipe_from_config, resolve
+    from mlenv.train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
+
+    checkpoint_path = resolve_checkpoint(str(path), None)
+    checkpoint = load_checkpoint(checkpoint_path)
+    base = dict(checkpoint["config"])
+    if "recipe" not in base:
+        raise ConfigError(f"{checkpoint_path}: the checkpoint's configuration names no recipe")
     argv = ["--progress", "false", *(overrides or [])]
-    cfg = resolve(load_recipe(base["recipe"]), argv, prog=prog, base=base)
-    data_state = state.get("extra", {}).get("data", {})
-    params = inspect.signature(MODELS.get(cfg.model)).parameters
-    from_data = {k: v for k, v in data_state.get("model_kwargs", {}).items() if k in params}
-    model = MODELS.create(cfg.model, **from_data, **cfg.model_args)
-    trainer = TRAINERS.get(cfg.trainer)(cfg.train, model, **cfg.task_args)
-    trainer.data_state = data_state
-    return trainer, cfg, state, path
+    cfg = resolve(recipe_from_config(base["recipe"]), argv, prog=prog, base=base)
+    preprocessing = checkpoint.get("extra", {}).get("data", {})
+    model = build_model(cfg, preprocessing.get("model_kwargs", {}))
+    load_model_state(model, checkpoint["model"], checkpoint_path)
+    model.eval()
+    return LoadedRun(cfg, model, build_task(cfg), preprocessing, checkpoint_path, checkpoint)
+
+
+def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "mlenv") -> tuple:
+    """``(trainer, config, checkpoint, checkpoint path)`` with the weights loaded (see
+    ``load_run``)."""
+    loaded = load_run(weights, overrides, prog)
+    return loaded.trainer(), loaded.config, loaded.checkpoint, loaded.checkpoint_path
+
+
+def evaluate_run(
+    weights: str, overrides: list[str] | None = None, prog: str = "mlenv test"
+) -> dict[str, Any]:
+    """Evaluate a trained run on its recipe's test split (rebuilt from the stored configuration
+    and seed); warns when the data file differs from the one trained on."""
+    loaded = load_run(weights, overrides, prog)
+    warning = _data_warning(loaded)
+    bundle = build_data(loaded.config)
+    split = bundle.test if bundle.test is not None else bundle.val
+    if split is None:
+        raise ConfigError(f"test: the run {weights} has neither a test nor a validation split")
+    trainer = loaded.trainer()
+    metrics = trainer.evaluate(split, prefix="test" if bundle.test is not None else "val")
+    out = {"checkpoint": str(loaded.checkpoint_path), **metrics}
+    if warning:
+        out["warning"] = warning
+    return out
+
+
+def _data_warning(loaded: LoadedRun) -> str | None:
+    path = loaded.preprocessing.get("data_path")
+    if not path:
+        return None
+    try:
+        from mlenv.data.tabular import check_same_data
+    except ImportError:
+        return None
+    return check_same_data(path, loaded.preprocessing)
 
 
 def predict_csv(
@@ -198,21 +331,19 @@ def predict_csv(
     import torch
 
     from mlenv.data.tabular import read_for_prediction
-    from mlenv.errors import ConfigError
-    from mlenv.train.checkpoint import atomic_write_bytes, load_model_state
+    from mlenv.train.checkpoint import atomic_write_bytes
 
-    trainer, cfg, state, path = load_trained(weights, overrides, "mlenv predict")
-    data_state = trainer.data_state
+    loaded = load_run(weights, overrides, "mlenv predict")
+    data_state = loaded.preprocessing
     if data_state.get("kind") != "tabular":
-        raise ConfigError(f"predict: {path} was not trained on a tabular CSV")
-    header_off = cfg.data.get("no_header", False) if no_header is None else no_header
+        raise ConfigError(f"predict: {loaded.checkpoint_path} was not trained on a tabular CSV")
+    header_off = loaded.config.data.get("no_header", False) if no_header is None else no_header
     x, lines, labels = read_for_prediction(data, data_state, header_off)
     features = torch.tensor(x, dtype=torch.float32)
-    trainer.setup(features[:1], 1)
-    load_model_state(trainer.raw_model, state["model"], path)
+    trainer = loaded.trainer()
     probability = trainer.predict((features,)).numpy()
     values = np.array(data_state["label_values"])
-    threshold = getattr(trainer, "threshold", 0.5)
+    threshold = getattr(loaded.task, "threshold", 0.5)
     table = pd.DataFrame(
         {
             "line": lines,

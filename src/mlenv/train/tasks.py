@@ -1,40 +1,127 @@
-"""Trainers for the common shapes of task, registered by name for recipes. Each overrides only
-what differs from the default loop."""
+"""Tasks: what is being learned, separate from the loop that learns it.
+
+A ``Task`` holds the criterion, the forward pass that turns a batch into ``(loss, predictions)``,
+the metrics, inference and the report drawn after the test evaluation. The ``Trainer`` owns the
+loop (device, precision, accumulation, clipping, checkpoints) and asks its task for these. Recipes
+name a task by registry name (the recipe key is ``trainer`` for historical reasons).
+
+>>> task = Task(criterion=torch.nn.MSELoss())        # a supervised task without subclassing
+>>> loss, prediction = task.forward_pass(torch.nn.Linear(2, 1), (torch.ones(3, 2), torch.ones(3, 1)),
+...                                      task.get_criterion())
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlenv.errors import ConfigError
 from mlenv.registry import Registry
-from mlenv.train.trainer import Trainer
+from mlenv.train import losses
 
-TRAINERS = Registry("trainer", ("mlenv.train.tasks",))
-register_trainer = TRAINERS.register
+TASKS = Registry("task", ("mlenv.train.tasks",))
+register_task = TASKS.register
+TRAINERS = TASKS  # the name recipes and `mlenv list trainers` have used from the start
+
+INPUT_KEYS = ("x", "input", "inputs")
+TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
 
-@register_trainer("classification")
-class ClassificationTrainer(Trainer):
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of a tuple/list batch or a dict batch (``{"x": ..., "y": ...}``);
+    targets are ``None`` when the batch has none."""
+    if isinstance(batch, Mapping):
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        if x is None:
+            raise ConfigError(
+                f"a dict batch needs an input under one of {', '.join(INPUT_KEYS)}; "
+                f"got keys {', '.join(map(str, batch))}"
+            )
+        return x, next((batch[k] for k in TARGET_KEYS if k in batch), None)
+    if isinstance(batch, list | tuple):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+class Task:
+    """Supervised learning with a given criterion: ``loss = criterion(model(x), y)``.
+
+    Subclasses override what differs: ``get_criterion``, ``forward_pass``, ``inference``,
+    ``batch_metrics`` / ``epoch_metrics`` (set ``collect_predictions = True`` for the latter),
+    ``metric_modes`` and ``report``. Keyword-only ``__init__`` options with defaults become the
+    recipe's "task" flags (``--baselines``, ``--threshold``).
+    """
+
+    collect_predictions = False  # True: epoch_metrics gets every prediction and target of a pass
+
+    def __init__(self, criterion: Any = None) -> None:
+        self.criterion = criterion
+
+    def get_criterion(self, model: nn.Module | None = None) -> Any:
+        """A loss, a tuple/list of losses, or ``{name: loss | (loss, weight)}`` (``model`` is the
+        model being trained, for tasks whose loss depends on its output head)."""
+        if self.criterion is None:
+            raise ConfigError(
+                f"{type(self).__name__} has no criterion: pass criterion= to the Trainer "
+                "(or the Task), or override get_criterion()"
+            )
+        return self.criterion
+
+    def forward_pass(self, model: nn.Module, batch: Any, criterion: Any) -> tuple[Any, Any]:
+        """``(loss, predictions)``; the loss has the criterion's shape (tensor, list or dict)."""
+        x, y = split_batch(batch)
+        output = model(x)
+        functions = losses.criterion_functions(criterion)
+        return losses.apply_criterion(functions, output, y), output
+
+    def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Predictions for a batch, as ``predict`` returns them."""
+        return model(split_batch(batch)[0])
+
+    def batch_metrics(self, predictions: Any, batch: Any) -> dict[str, torch.Tensor]:
+        """Per-batch metrics (means over the batch), averaged over the epoch."""
+        return {}
+
+    def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Metrics over a whole pass (AUC, F1, ...), with ``collect_predictions = True``."""
+        return {}
+
+    def metric_modes(self) -> dict[str, str]:
+        """Metric names (without prefix) this task produces beyond the loss terms, and whether a
+        higher (``max``) or lower (``min``) value is better."""
+        return {}
+
+    def report(self, trainer: Any, bundle: Any, run: Any) -> dict[str, Any]:
+        """After the test evaluation of a recipe run: extra plots and figures for the summary."""
+        return {}
+
+
+@register_task("classification")
+class ClassificationTask(Task):
     """Multi-class classification: cross-entropy on logits (B, C), accuracy per epoch."""
 
-    def get_criterion(self) -> Any:
-        return nn.CrossEntropyLoss()
+    def get_criterion(self, model: nn.Module | None = None) -> Any:
+        return self.criterion or nn.CrossEntropyLoss()
 
     def batch_metrics(self, predictions: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
-        return {"acc": (predictions.argmax(dim=1) == batch[1]).float().mean()}
+        return {"acc": (predictions.argmax(dim=1) == split_batch(batch)[1]).float().mean()}
 
-    def inference(self, batch: Any) -> torch.Tensor:
-        return self.model(batch[0]).softmax(dim=1)
+    def metric_modes(self) -> dict[str, str]:
+        return {"acc": "max"}
+
+    def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return model(split_batch(batch)[0]).softmax(dim=1)
 
 
-@register_trainer("vae")
-class VAETrainer(Trainer):
+@register_task("vae")
+class VAETask(Task):
     """VAE: two named terms, ``reconstruction`` (Bernoulli NLL per sample) and ``kl``."""
 
-    def get_criterion(self) -> Any:
+    def get_criterion(self, model: nn.Module | None = None) -> Any:
         def reconstruction(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
 
@@ -45,35 +132,39 @@ class VAETrainer(Trainer):
 
         return {"reconstruction": reconstruction, "kl": kl}
 
-    def forward_pass(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        x = batch[0]  # labels, if any, are ignored
-        logits, mu, logvar = self.model(x)
-        c = self.criterion
+    def forward_pass(
+        self, model: nn.Module, batch: Any, criterion: Any
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x = split_batch(batch)[0]  # labels, if any, are ignored
+        logits, mu, logvar = model(x)
+        c = criterion
         return {"reconstruction": c["reconstruction"](logits, x), "kl": c["kl"](mu, logvar)}, logits
 
-    def inference(self, batch: Any) -> torch.Tensor:
-        return self.model(batch[0])[0].sigmoid()
+    def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return model(split_batch(batch)[0])[0].sigmoid()
 
 
-@register_trainer("language-model")
-class LanguageModelTrainer(Trainer):
-    """Next-token prediction: cross-entropy over (B, T, V) logits; reports perplexity."""
+@register_task("language-model")
+class LanguageModelTask(Task):
+    """Next-token prediction: cross-entropy over (B, T, V) logits."""
 
-    def get_criterion(self) -> Any:
-        return nn.CrossEntropyLoss()
+    def get_criterion(self, model: nn.Module | None = None) -> Any:
+        return self.criterion or nn.CrossEntropyLoss()
 
-    def forward_pass(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, targets = batch
-        logits = self.model(tokens)  # (B, T, V)
-        loss = self.criterion(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    def forward_pass(
+        self, model: nn.Module, batch: Any, criterion: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, targets = split_batch(batch)
+        logits = model(tokens)  # (B, T, V)
+        loss = criterion(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return loss, logits
 
-    def inference(self, batch: Any) -> torch.Tensor:
-        return self.model(batch[0]).softmax(dim=-1)
+    def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return model(split_batch(batch)[0]).softmax(dim=-1)
 
 
-@register_trainer("binary")
-class BinaryTrainer(Trainer):
+@register_task("binary")
+class BinaryTask(Task):
     """Binary classification for ``binary-mlp``'s three output heads (logits, sigmoid,
     two-class). Predictions are the probability of label 1; epoch metrics are accuracy at
     ``threshold``, precision, recall, F1, ROC AUC and log loss."""
@@ -81,57 +172,64 @@ class BinaryTrainer(Trainer):
     collect_predictions = True
 
     def __init__(
-        self, *args: Any, baselines: bool = False, threshold: float = 0.5, **kwargs: Any
+        self, criterion: Any = None, *, baselines: bool = False, threshold: float = 0.5
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(criterion)
+        if not 0 < threshold < 1:
+            raise ConfigError(f"threshold: accepts a probability in (0, 1), got {threshold}")
         self.baselines = baselines
         self.threshold = threshold
 
-    @property
-    def output(self) -> str:
-        return getattr(self.model, "output", getattr(self.model, "_orig_mod", self.model).output)
+    @staticmethod
+    def output_of(model: nn.Module) -> str:
+        return getattr(getattr(model, "_orig_mod", model), "output", "logits")
 
-    def get_criterion(self) -> Any:
-        if self.output == "two-class":
+    def get_criterion(self, model: nn.Module | None = None) -> Any:
+        output = self.output_of(model) if model is not None else "logits"
+        if output == "two-class":
             return nn.CrossEntropyLoss()
-        if self.output == "sigmoid":
+        if output == "sigmoid":
             return nn.BCELoss()  # PyTorch clamps each log term at -100: never NaN or inf
         return nn.BCEWithLogitsLoss()
 
-    def forward_pass(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        out = self.model(x)
-        if self.output == "two-class":
-            return self.criterion(out, y.long()), out.float().softmax(dim=1)[:, 1]
-        probability = out if self.output == "sigmoid" else torch.sigmoid(out)
-        return self.criterion(out, y), probability
+    def forward_pass(
+        self, model: nn.Module, batch: Any, criterion: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = split_batch(batch)
+        out = model(x)
+        output = self.output_of(model)
+        if output == "two-class":
+            return criterion(out, y.long()), out.float().softmax(dim=1)[:, 1]
+        probability = out if output == "sigmoid" else torch.sigmoid(out)
+        return criterion(out, y), probability
 
-    def inference(self, batch: Any) -> torch.Tensor:
-        out = self.model(batch[0])
-        if self.output == "two-class":
+    def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        out = model(split_batch(batch)[0])
+        output = self.output_of(model)
+        if output == "two-class":
             return out.softmax(dim=1)[:, 1]
-        return out if self.output == "sigmoid" else torch.sigmoid(out)
-
-    def batch_metrics(self, predictions: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
-        return {}  # accuracy and the rest come from epoch_metrics over the whole pass
+        return out if output == "sigmoid" else torch.sigmoid(out)
 
     def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         from mlenv.train.metrics import binary_metrics
 
         return binary_metrics(predictions.numpy(), targets.numpy(), self.threshold)
 
-    def report(self, bundle: Any, run: Any) -> dict[str, Any]:
-        """After the test evaluation: confusion matrix and ROC plots, and the baselines."""
+    def metric_modes(self) -> dict[str, str]:
+        modes = dict.fromkeys(("acc", "precision", "recall", "f1", "auc"), "max")
+        return {**modes, "log_loss": "min"}
+
+    def report(self, trainer: Any, bundle: Any, run: Any) -> dict[str, Any]:
+        """After the test evaluation: test predictions, confusion matrix and ROC plots, and the
+        baselines."""
         from mlenv.track.plots import plot_confusion, plot_roc
 
         extra: dict[str, Any] = {}
         y_test = bundle.test[1]
-        probability = self.predict(bundle.test).numpy()
+        probability = trainer.predict(bundle.test).numpy()
         labels = bundle.state.get("label_values", ["0", "1"])
         if run is not None:
             import pandas as pd
-
-            from mlenv.train.checkpoint import atomic_write_bytes
 
             table = pd.DataFrame(
                 {
@@ -141,8 +239,7 @@ class BinaryTrainer(Trainer):
                     "predicted": (probability > self.threshold).astype(int),
                 }
             )
-            csv = table.to_csv(index=False, float_format="%.8g").encode()
-            atomic_write_bytes(run.path / "test_predictions.csv", csv)
+            run.write_text("test_predictions.csv", table.to_csv(index=False, float_format="%.8g"))
             plot_confusion(
                 y_test.numpy(),
                 probability > self.threshold,

@@ -1,8 +1,13 @@
-"""The Trainer: a plain loop whose parts are small public methods.
+"""The Trainer: a plain loop whose parts are small public methods, over a ``Task``.
 
-Override ``get_criterion`` and ``forward_pass`` for most tasks; ``inference``, ``train_epoch`` and
-``validate_epoch`` when a task needs it. The loop's parts (``autocast``, ``backward``,
+The task says what is learned (criterion, forward pass, metrics, inference); the Trainer says how
+(device, precision, accumulation, clipping, schedules, checkpoints). Override ``get_criterion`` and
+``forward_pass`` on a Trainer subclass, pass ``criterion=`` or ``task=``; ``train_epoch`` and
+``validate_epoch`` when a loop needs it. The loop's parts (``autocast``, ``backward``,
 ``clip_gradients``, ``optimizer_step``) are public so a custom ``train_epoch`` stays short.
+
+The Trainer never builds or initialises a model: it trains, evaluates and predicts with the one it
+is given, and its loop state lives in one ``TrainState`` that checkpoints save.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlenv.config import TrainConfig
-from mlenv.data.batching import Batches, TensorBatches, make_batches
+from mlenv.config import TrainConfig, resolve_mode
+from mlenv.data.batching import Batches, LoaderBatches, TensorBatches, make_batches
 from mlenv.errors import CheckpointError, ConfigError, TrainingError
 from mlenv.runtime.device import choose_device
 from mlenv.runtime.seed import capture_rng_state, restore_rng_state, seed_everything
@@ -38,6 +43,30 @@ from mlenv.train.checkpoint import (
     strip_compile_prefix,
 )
 from mlenv.train.schedules import LRSchedule
+from mlenv.train.state import EpochSums, TrainState
+from mlenv.train.tasks import Task, split_batch
+
+# Fields a resumed run may change: they do not alter what the checkpoint's state means.
+RESUMABLE_FIELDS = (
+    "epochs",
+    "early_stopping",
+    "patience",
+    "min_delta",
+    "divergence_threshold",
+    "save_every",
+    "save_every_steps",
+    "progress",
+    "profile",
+    "threads",
+    "device",
+    "resume",
+    "test_on",
+    "wandb",
+    "mlflow",
+    "store",
+    "runs_dir",
+    "limit_batches",
+)
 
 
 @dataclass
@@ -52,28 +81,6 @@ class FitResult:
     @property
     def last(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
-
-
-class _Sums:
-    """Sample-weighted running sums of per-batch means (Python floats: no tensor ops per step)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, float], n: int) -> None:
-        for key, value in values.items():
-            self.totals[key] = self.totals.get(key, 0.0) + value * n
-        self.count += n
-
-    def means(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_{k}": v / max(self.count, 1) for k, v in self.totals.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"totals": dict(self.totals), "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.totals, self.count = dict(state["totals"]), state["count"]
 
 
 class _StopRequest:
@@ -102,67 +109,101 @@ class _StopRequest:
 class Trainer:
     """Train, evaluate and predict with one model.
 
-    Subclasses may add keyword-only ``__init__`` arguments with defaults: a recipe's command line
-    offers them as flags (the "task" group).
-
-    >>> trainer = Trainer(TrainConfig(epochs=2), model=my_model)      # doctest: +SKIP
-    >>> result = trainer.fit((x_train, y_train), (x_val, y_val))        # doctest: +SKIP
+    >>> trainer = Trainer(TrainConfig(epochs=2), model=my_model, criterion=nn.MSELoss())  # doctest: +SKIP
+    >>> result = trainer.fit((x_train, y_train), (x_val, y_val))                         # doctest: +SKIP
     """
-
-    collect_predictions = False  # set True to get ``epoch_metrics`` over a whole pass
 
     def __init__(
         self,
         config: TrainConfig | None = None,
         model: nn.Module | None = None,
         *,
+        task: Task | None = None,
+        criterion: Any = None,
         run: Any = None,
         run_config: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         if model is None:
             raise ConfigError("Trainer needs a model")
+        if task is not None and criterion is not None:
+            task.criterion = criterion
         config = config or TrainConfig()
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config
         self.model = model
+        self.raw_model = model
+        self.task = task if task is not None else Task(criterion)
         self.run = None if config.fast_dev_run else run
         self.run_config = run_config or {"train": config.to_dict()}
         self.device = choose_device(config.device)
-        self.history: list[dict[str, Any]] = []
-        self.global_step = 0
-        self.epoch = 0  # epochs completed
-        self.batch_in_epoch = 0  # batches completed in the current epoch
+        self.state = TrainState()
         self.threads: int | None = None
         self.stop_reason = ""
-        self._set_up = False
-        self._sums = _Sums()
-        self._accumulated = 1
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: LRSchedule | None = None
+        self.early_stopping: EarlyStopping | None = None
+        self.top_k: TopKCheckpoints | None = None
         self.data_state: dict[str, Any] = {}  # the data's preprocessing, saved in checkpoints
+        self.parameter_count = sum(p.numel() for p in model.parameters())
+        self._model_ready = False
+        self._accumulated = 1
+        self._step_rows: list[tuple[str, Any, int]] = []  # (name, value, step), flushed in bulk
+        self._pending_resume: tuple[dict[str, Any], Path] | None = None
+        self._stop = _StopRequest()
+        self._profiler_step: Any = None
+        self._prepared: tuple[Any, tuple[Batches, Batches | None]] | None = None
+        self._has_val = False
+        self._batch_metric_names: list[str] = []
+
+    # Loop position, kept in ``state`` (these names are what the loop and the docs use).
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.state.batch_in_epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.state.history
 
     # ------------------------------------------------------------------------------------------
-    # What a task overrides.
+    # What a task says (override here or on the Task).
 
     def get_criterion(self) -> Any:
         """A loss, a tuple/list of losses, or ``{name: loss | (loss, weight)}``."""
-        raise NotImplementedError(f"{type(self).__name__} must define get_criterion()")
+        return self.task.get_criterion(self.raw_model)
 
     def forward_pass(self, batch: Any) -> tuple[Any, Any]:
         """``(loss, predictions)``; the loss has the criterion's shape (tensor, list or dict)."""
-        x, y = batch[0], batch[1]
-        output = self.model(x)
-        return losses.apply_criterion(self._loss_functions, output, y), output
+        return self.task.forward_pass(self.model, batch, self._loss_functions)
 
     def inference(self, batch: Any) -> torch.Tensor:
         """Predictions for a batch, as ``predict`` returns them."""
-        return self.model(batch[0])
+        return self.task.inference(self.model, batch)
 
     def batch_metrics(self, predictions: Any, batch: Any) -> dict[str, torch.Tensor]:
         """Extra per-batch metrics (means over the batch), averaged over the epoch."""
-        return {}
+        return self.task.batch_metrics(predictions, batch)
+
+    def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Metrics over a whole validation pass (with ``collect_predictions``)."""
+        return self.task.epoch_metrics(predictions, targets)
+
+    @property
+    def collect_predictions(self) -> bool:
+        return self.task.collect_predictions
+
+    def report(self, bundle: Any, run: Any) -> dict[str, Any]:
+        """After the test evaluation of a recipe run: extra plots and figures for the summary."""
+        return self.task.report(self, bundle, run)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -178,62 +219,71 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
         return cls(params, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None)
 
-    def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """Metrics over the whole validation pass (AUC, F1, ...); called when the class sets
-        ``collect_predictions = True`` with every prediction and target concatenated."""
-        return {}
-
-    def report(self, bundle: Any, run: Any) -> dict[str, Any]:
-        """After the test evaluation of a recipe run: extra plots and figures for the summary."""
-        return {}
-
     def extra_state(self) -> dict[str, Any]:
         """Task state kept in checkpoints, as tensors and plain data: by default the data's
         preprocessing (``data_state``: a fitted scaler, a label mapping)."""
         return {"data": self.data_state}
 
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Counterpart of ``extra_state``."""
+        self.data_state = extra.get("data", {})
+
     # ------------------------------------------------------------------------------------------
-    # Set-up.
+    # Set-up. Nothing here seeds or touches the weights.
 
     def setup(self, example_batch: Any, steps_per_epoch: int) -> None:
-        """Seed, init weights, choose threads, move to device, build optimizer and schedule."""
+        """Threads, device, criterion; then optimizer, schedule, scaler and callbacks."""
+        self.setup_model(example_batch)
+        self.setup_optimization(steps_per_epoch)
+
+    def setup_model(self, example_batch: Any) -> None:
+        """Choose threads, move the model to the device, build the criterion (once)."""
+        if self._model_ready:
+            return
         c = self.config
-        seed_everything(c.seed, c.deterministic)
-        if hasattr(self.model, "init_weights"):
-            self.model.init_weights()
         flops = None
         if c.threads is None and self.device.type == "cpu":
-            flops = estimate_flops(self.model, self._first_input(example_batch))
+            flops = estimate_flops(self.raw_model, split_batch(example_batch)[0])
         self.threads = choose_threads(flops, c.threads)
         apply_threads(self.threads)
-        self.model.to(self.device)
+        self.raw_model.to(self.device)
+        self._params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.criterion = self.get_criterion()
         self._loss_functions = losses.criterion_functions(self.criterion)
         self._loss_weights = losses.criterion_weights(self.criterion)
         self._term_names = losses.term_names(self.criterion)
-        self.optimizer = self.configure_optimizer()
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self.steps_per_epoch = math.ceil(steps_per_epoch / c.accumulate)
-        self.scheduler = LRSchedule(self.optimizer, c, self.steps_per_epoch)
         amp = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[c.precision]
         self._amp_dtype = amp
+        self.model = torch.compile(self.raw_model) if c.compile else self.raw_model
+        self._model_ready = True
+
+    def setup_optimization(self, steps_per_epoch: int) -> None:
+        """Optimizer, schedule, grad scaler, early stopping and top-k; rebuilt only while no
+        optimizer step has been taken."""
+        if self.optimizer is not None and self.state.global_step > 0:
+            return
+        c = self.config
+        mode = self.monitor_mode()
+        self.optimizer = self.configure_optimizer()
+        self.steps_per_epoch = math.ceil(steps_per_epoch / c.accumulate)
+        self.scheduler = LRSchedule(
+            self.optimizer, dataclasses.replace(c, mode=mode), self.steps_per_epoch
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "16")
         self.early_stopping = (
-            EarlyStopping(c.patience, c.mode, c.min_delta, c.monitor) if c.early_stopping else None
+            EarlyStopping(c.patience, mode, c.min_delta, c.monitor) if c.early_stopping else None
         )
         self.top_k = (
-            TopKCheckpoints(self.run.checkpoints, c.save_top_k, c.monitor, c.mode)
+            TopKCheckpoints(self.run.checkpoints, c.save_top_k, c.monitor, mode)
             if self.run is not None
             else None
         )
-        self.raw_model = self.model
-        if c.compile:
-            self.model = torch.compile(self.model)
-        self._set_up = True
 
-    @staticmethod
-    def _first_input(batch: Any) -> Any:
-        return batch[0] if isinstance(batch, list | tuple) else batch
+    def monitor_mode(self) -> str:
+        """``min`` or ``max`` for ``config.monitor``: given, or inferred from the metric's name."""
+        return resolve_mode(
+            self.config.monitor, self.config.mode, self.task.metric_modes(), self._term_names
+        )
 
     # ------------------------------------------------------------------------------------------
     # The loop's parts.
@@ -266,26 +316,37 @@ class Trainer:
             total = total / self._accumulated
         self.scaler.scale(total).backward()
 
-    def clip_gradients(self) -> None:
+    def clip_gradients(self) -> torch.Tensor:
+        """Unscale (fp16), clip by norm or value when configured; returns the total gradient
+        norm before clipping (what is logged as ``step/grad_norm``)."""
         c = self.config
-        if c.grad_clip is None:
-            return
         self.scaler.unscale_(self.optimizer)
-        if c.grad_clip_mode == "norm":
-            torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip)
-        else:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if c.grad_clip is not None and c.grad_clip_mode == "norm":
+            return torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip)
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if c.grad_clip is not None:
             torch.nn.utils.clip_grad_value_(self._params, c.grad_clip)
+        return norm
 
     def optimizer_step(self) -> None:
-        """Clip, step (through the grad scaler), zero the gradients, advance the schedule."""
-        self.clip_gradients()
+        """Clip, step (through the grad scaler), zero the gradients, advance the schedule; logs
+        the learning rate this step used, its loss (mean over the accumulation group) and the
+        gradient norm, one row each per optimizer step."""
+        s = self.state
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm = self.clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.global_step += 1
+        s.global_step += 1
         self.scheduler.step()
         if self.run is not None:
-            self.run.log_step("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+            step = s.global_step
+            loss = s.group_loss / max(s.group_batches, 1)
+            self._step_rows += [("lr", lr, step), ("loss", loss, step)]
+            self._step_rows.append(("grad_norm", grad_norm.detach(), step))
+        s.group_loss, s.group_batches = 0.0, 0
 
     def loss_values(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """The batch's loss and terms as floats; stops at once, before any backward, when the
@@ -303,11 +364,13 @@ class Trainer:
             )
         return values
 
-    def record(self, values: dict[str, float], metrics: dict[str, Any], n: int) -> None:
-        """Add one batch's loss values and metrics to the epoch's sums."""
+    def record(
+        self, values: dict[str, float], metrics: dict[str, Any], n: int, sums: EpochSums
+    ) -> None:
+        """Add one batch's loss values and metrics to ``sums``."""
         for name, metric in metrics.items():
             values[name] = float(metric)
-        self._sums.add(values, n)
+        sums.add(values, n)
 
     def _nonfinite(self, values: dict[str, float], terms: dict[str, torch.Tensor]) -> None:
         from mlenv.train.nonfinite import first_nonfinite_layer
@@ -324,7 +387,7 @@ class Trainer:
 
     @staticmethod
     def batch_size_of(batch: Any) -> int:
-        first = batch[0] if isinstance(batch, list | tuple) else batch
+        first = split_batch(batch)[0]
         if isinstance(first, dict):
             first = next(iter(first.values()))
         return len(first)
@@ -355,51 +418,55 @@ class Trainer:
     def train_epoch(self, batches: Batches) -> dict[str, float]:
         """One pass over the training batches; returns ``train_*`` means."""
         self.model.train()
+        s = self.state
         accumulate = self.config.accumulate
         n_batches = len(batches)
-        for batch in self.iterate(batches, f"epoch {self.epoch + 1}"):
+        started = time.perf_counter()
+        for batch in self.iterate(batches, f"epoch {s.epoch + 1}"):
             self._current_batch = batch
             total, terms, predictions = self.compute_loss(batch)
             values = self.loss_values(total, terms)
-            group_start = self.batch_in_epoch - self.batch_in_epoch % accumulate
+            group_start = s.batch_in_epoch - s.batch_in_epoch % accumulate
             self._accumulated = min(accumulate, n_batches - group_start)
             self.backward(total)
             with torch.no_grad():
                 metrics = self.batch_metrics(predictions, batch)
-            self.record(values, metrics, self.batch_size_of(batch))
-            if self.run is not None:
-                self.run.log_step("loss", values["loss"], self.global_step + 1)
-            self.batch_in_epoch += 1
-            if self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == n_batches:
+            size = self.batch_size_of(batch)
+            self.record(values, metrics, size, s.sums)
+            s.group_loss += values["loss"]
+            s.group_batches += 1
+            s.batch_in_epoch += 1
+            s.samples_in_epoch += size
+            if s.batch_in_epoch % accumulate == 0 or s.batch_in_epoch == n_batches:
                 self.optimizer_step()
                 self.after_optimizer_step()
             if self._stop.signal_name:
+                s.train_seconds_in_epoch += time.perf_counter() - started
                 self._save_and_exit()
-        return self._sums.means("train")
+        s.train_seconds_in_epoch += time.perf_counter() - started
+        return s.sums.means("train")
 
     @torch.no_grad()
     def validate_epoch(self, batches: Batches, prefix: str = "val") -> dict[str, float]:
         """One pass without gradients; returns ``<prefix>_*`` means."""
         self.model.eval()
-        sums, self._sums = self._sums, _Sums()
+        sums = EpochSums()
         collected: list[tuple[torch.Tensor, torch.Tensor]] = []
-        try:
-            for batch in self.iterate(batches, prefix):
-                self._current_batch = batch
-                total, terms, predictions = self.compute_loss(batch)
-                metrics = self.batch_metrics(predictions, batch)
-                self.record(self.loss_values(total, terms), metrics, self.batch_size_of(batch))
-                if self.collect_predictions:
-                    collected.append((predictions.float().cpu(), batch[1].cpu()))
-            means = self._sums.means(prefix)
-            if collected:
-                predictions = torch.cat([p for p, _ in collected])
-                targets = torch.cat([t for _, t in collected])
-                extra = self.epoch_metrics(predictions, targets)
-                means.update({f"{prefix}_{k}": v for k, v in extra.items()})
-            return means
-        finally:
-            self._sums = sums
+        for batch in self.iterate(batches, prefix):
+            self._current_batch = batch
+            total, terms, predictions = self.compute_loss(batch)
+            metrics = self.batch_metrics(predictions, batch)
+            self.record(self.loss_values(total, terms), metrics, self.batch_size_of(batch), sums)
+            if self.collect_predictions:
+                collected.append((predictions.float().cpu(), split_batch(batch)[1].cpu()))
+        means = sums.means(prefix)
+        self._batch_metric_names = list(sums.totals)
+        if collected:
+            predictions = torch.cat([p for p, _ in collected])
+            targets = torch.cat([t for _, t in collected])
+            extra = self.epoch_metrics(predictions, targets)
+            means.update({f"{prefix}_{k}": v for k, v in extra.items()})
+        return means
 
     # ------------------------------------------------------------------------------------------
     # fit / evaluate / predict.
@@ -407,31 +474,100 @@ class Trainer:
     def _batches(self, data: Any, shuffle: bool, limit: int | None = None) -> Batches:
         return make_batches(data, self.config.batch_size, shuffle, self.config.seed, limit)
 
-    def fit(self, train_data: Any, val_data: Any = None) -> FitResult:
-        """Train for ``config.epochs`` (or until stopped); ``val_data`` is optional."""
+    def prepare(self, train_data: Any, val_data: Any = None) -> tuple[Batches, Batches | None]:
+        """Batches, set-up, any resume, and the monitor check: everything before the first step.
+        Raises before anything is trained or written when the configuration cannot apply."""
+        if self._prepared is not None and self._prepared[0] == (id(train_data), id(val_data)):
+            return self._prepared[1]
         c = self.config
+        self._has_val = val_data is not None
         limit = 1 if c.fast_dev_run else c.limit_batches
         train = self._batches(train_data, shuffle=True, limit=limit)
         val = self._batches(val_data, shuffle=False, limit=limit) if val_data is not None else None
         if c.overfit_batches:
             train = self._overfit_subset(train)
             val = train
-        example = next(iter(train))
+        fresh = self.state.global_step == 0 and self.state.epoch == 0
+        if fresh and not c.resume and self._pending_resume is None:
+            # Dropout and a user DataLoader's order follow the seed; the weights are the model's.
+            seed_everything(c.seed, c.deterministic)
+        example = self._first_batch(train)
         self.setup(self.to_device(example), len(train))
-        if c.resume:
+        if self._pending_resume is not None:
+            self.restore(*self._pending_resume)
+            self._pending_resume = None
+        elif c.resume and fresh:
             self.resume_from(c.resume)
-        if self.run is not None:
-            self.run.start()
+        self.check_monitor(val if val is not None else train)
+        self._prepared = ((id(train_data), id(val_data)), (train, val))
+        return train, val
+
+    def _first_batch(self, batches: Batches) -> Any:
+        """The first batch without disturbing any RNG (a shuffling DataLoader draws from it)."""
+        rng = capture_rng_state()
+        try:
+            return next(iter(batches))
+        except StopIteration:
+            raise ConfigError("the training data is empty") from None
+        finally:
+            restore_rng_state(rng)
+
+    def check_monitor(self, probe_data: Batches) -> None:
+        """``config.monitor`` must name a metric the epochs will produce, whenever something reads
+        it (early stopping, the plateau schedule, best/top-k checkpoints)."""
+        c = self.config
+        needed = c.early_stopping or c.scheduler == "plateau" or self.top_k is not None
+        if not needed:
+            return
+        rng = capture_rng_state()
+        try:
+            probe = self._probe_metrics(probe_data)
+        finally:
+            restore_rng_state(rng)
+        known = {f"train_{k}" for k in self._batch_metric_names} | {"lr", "samples_per_s"}
+        if self._has_val:
+            known |= set(probe)
+        if c.monitor not in known:
+            if c.monitor.startswith("val_") and not self._has_val:
+                raise ConfigError(
+                    f"monitor: {c.monitor!r} needs validation data, and there is none; "
+                    f"monitor a train_* metric or give validation data"
+                )
+            raise ConfigError(
+                f"monitor: {c.monitor!r} is not a metric of this run; "
+                f"metrics: {', '.join(sorted(known))}"
+            )
+
+    def _probe_metrics(self, data: Batches) -> dict[str, float]:
+        """Metric names from one batch in evaluation mode (weights and RNG untouched)."""
+        batch = self.to_device(self._first_batch(data))
+        was_training = self.model.training
+        try:
+            return self.validate_epoch(_OneBatch(batch), "val")
+        finally:
+            self.model.train(was_training)
+
+    def fit(self, train_data: Any, val_data: Any = None) -> FitResult:
+        """Train for ``config.epochs`` (or until stopped); ``val_data`` is optional."""
+        c = self.config
+        epochs = 1 if c.fast_dev_run else c.epochs
+        if self.state.epoch >= epochs:
+            raise TrainingError(
+                f"fit: this trainer has already trained {self.state.epoch} of {epochs} epochs; "
+                "raise config.epochs to train further (or make a new Trainer)"
+            )
+        train, val = self.prepare(train_data, val_data)
+        self._prepared = None  # a later fit() prepares its data again
+        self._train_batches = train
         if c.plot_lr and self.run is not None:
             from mlenv.train.schedules import plot_schedule
 
             plot_schedule(c, self.steps_per_epoch, self.run.plots / "lr_schedule.png")
-        epochs = 1 if c.fast_dev_run else c.epochs
         start = time.perf_counter()
         self.stop_reason = f"completed {epochs} epochs"
         with _StopRequest() as self._stop, self._profiler() as profiler:
             self._profiler_step = profiler.step if profiler is not None else None
-            while self.epoch < epochs:
+            while self.state.epoch < epochs:
                 try:
                     metrics = self._run_epoch(train, val)
                 except Diverged as exc:  # stop at once; the last checkpoint is the last good one
@@ -442,11 +578,11 @@ class Trainer:
                 if reason:
                     self.stop_reason = reason
                     break
-        if self.run is not None:
-            self.run.close()
+        self.flush_steps()
         best = {}
         if self.top_k is not None and self.top_k.kept:
-            best = {c.monitor: self.top_k.kept[0][0], "checkpoint": self.top_k.kept[0][1]}
+            value, name = self.top_k.kept[0]
+            best = {c.monitor: value, "checkpoint": name}
         return FitResult(self.history, self.stop_reason, best, time.perf_counter() - start)
 
     def after_optimizer_step(self) -> None:
@@ -458,11 +594,16 @@ class Trainer:
             self.save("last")
 
     def _run_epoch(self, train: Batches, val: Batches | None) -> dict[str, float]:
+        s = self.state
         epoch_start = time.perf_counter()
-        train.set_epoch(self.epoch, start=self.batch_in_epoch)
-        metrics = {"epoch": self.epoch + 1, **self.train_epoch(train)}
+        train.set_epoch(s.epoch, start=s.batch_in_epoch)
+        if isinstance(train, LoaderBatches):
+            train.replay = s.data_order if s.batch_in_epoch else None
+        metrics: dict[str, Any] = {"epoch": s.epoch + 1, **self.train_epoch(train)}
+        if s.train_seconds_in_epoch > 0:
+            metrics["samples_per_s"] = s.samples_in_epoch / s.train_seconds_in_epoch
         if val is not None:
-            val.set_epoch(self.epoch)
+            val.set_epoch(s.epoch)
             metrics.update(self.validate_epoch(val))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["seconds"] = time.perf_counter() - epoch_start
@@ -471,27 +612,28 @@ class Trainer:
     def _epoch_end(self, metrics: dict[str, float]) -> str:
         """After validation: schedule, early stopping, history, logs, checkpoints, in that order."""
         c = self.config
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        self._sums = _Sums()
+        s = self.state
+        s.epoch += 1
+        s.batch_in_epoch = s.samples_in_epoch = 0
+        s.train_seconds_in_epoch = 0.0
+        s.sums = EpochSums()
+        s.data_order = None
         monitored = metrics.get(c.monitor)
         self.scheduler.epoch_end(monitored)
         reason = ""
-        if self.early_stopping is not None:
-            if monitored is None:
-                raise ConfigError(
-                    f"monitor: {c.monitor!r} is not among the epoch's metrics: "
-                    f"{', '.join(k for k in metrics if k != 'epoch')}"
-                )
+        if self.early_stopping is not None and monitored is not None:
             reason = self.early_stopping.update(monitored) or ""
-        self.history.append(metrics)
+        s.history.append(metrics)
         self.log_epoch(metrics)
-        due = self.epoch % c.save_every == 0 or self.epoch == c.epochs or reason
-        if self.run is not None and due:
-            data = self.save("last")
+        due = s.epoch % c.save_every == 0 or s.epoch == c.epochs or reason
+        if self.run is not None and (due or self.top_k is not None):
+            ranked = None
             if monitored is not None and self.top_k is not None:
-                self.top_k.offer(self.epoch, monitored, data)
-                self.save("last")  # so `last` also holds the new top-k list
+                ranked = self.top_k.rank(s.epoch, monitored)
+            if due or ranked is not None:
+                data = self.save("last")
+                if ranked is not None:
+                    self.top_k.write(ranked, data)
         return reason
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
@@ -506,24 +648,31 @@ class Trainer:
             print(f"epoch {self.epoch}/{total}  {shown}  ({metrics['seconds']:.2f} s)", flush=True)
         if self.run is None:
             return
-        self.run.log_epoch(metrics, self.epoch)
+        self.flush_steps()
+        self.run.log_epoch(metrics, self.epoch, self.global_step)
         self.run.write_metrics(self.history)
+
+    def flush_steps(self) -> None:
+        """Hand the buffered per-step values to the run (TensorBoard, store) in one go."""
+        if self.run is None or not self._step_rows:
+            return
+        rows = [(n, float(v), step) for n, v, step in self._step_rows]
+        self._step_rows = []
+        self.run.log_steps(rows)
 
     @torch.no_grad()
     def evaluate(self, data: Any, prefix: str = "test") -> dict[str, float]:
-        """Mean loss and metrics over ``data``: ``{"test_loss": ..., ...}``."""
+        """Mean loss and metrics over ``data``: ``{"test_loss": ..., ...}``. The weights are
+        used as they are."""
         batches = self._batches(data, shuffle=False)
-        if not self._set_up:
-            self.setup(self.to_device(next(iter(batches))), len(batches))
-        self._stop = _StopRequest()
+        self.setup_model(self.to_device(self._first_batch(batches)))
         return self.validate_epoch(batches, prefix)
 
     @torch.no_grad()
     def predict(self, data: Any) -> torch.Tensor:
         """``inference`` over every batch, concatenated, on the CPU."""
         batches = self._batches(data, shuffle=False)
-        if not self._set_up:
-            self.setup(self.to_device(next(iter(batches))), len(batches))
+        self.setup_model(self.to_device(self._first_batch(batches)))
         self.model.eval()
         outputs = [
             self.inference(batch).float().cpu() for batch in self.iterate(batches, "predict")
@@ -533,33 +682,41 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # Checkpoints.
 
+    def pending_gradients(self) -> dict[str, torch.Tensor]:
+        """Gradients accumulated inside an unfinished accumulation group (else empty)."""
+        if self.state.batch_in_epoch % self.config.accumulate == 0:
+            return {}
+        return {
+            name: p.grad.detach().clone()
+            for name, p in self.raw_model.named_parameters()
+            if p.grad is not None
+        }
+
     def state_dict(self) -> dict[str, Any]:
+        s = self.state
+        s.early_stopping = self.early_stopping.state_dict() if self.early_stopping else None
+        s.top_k = self.top_k.state_dict() if self.top_k else None
+        if isinstance(getattr(self, "_train_batches", None), LoaderBatches):
+            s.data_order = self._train_batches.order_state
         return {
             "model": strip_compile_prefix(self.raw_model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
-            "position": {
-                "epoch": self.epoch,
-                "batch": self.batch_in_epoch,
-                "global_step": self.global_step,
-            },
-            "epoch_sums": self._sums.state_dict(),
-            "callbacks": {
-                "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
-                "top_k": self.top_k.state_dict() if self.top_k else None,
-            },
-            "history": self.history,
+            "state": s.state_dict(),
+            "grads": self.pending_gradients(),
             "config": self.run_config,
             "extra": self.extra_state(),
         }
 
     def save(self, name: str = "last") -> bytes:
-        """Write ``checkpoints/<name>.pt`` atomically; returns the bytes (for top-k copies)."""
+        """Write ``checkpoints/<name>.pt`` atomically; returns the bytes (for top-k copies).
+        The values logged so far are flushed first, so the logs never run behind a checkpoint."""
         from mlenv.runtime.distributed import is_main_process
         from mlenv.train.checkpoint import FORMAT_VERSION, atomic_write_bytes
 
+        self.flush_steps()
         data = serialize({"format_version": FORMAT_VERSION, **self.state_dict()})
         if is_main_process():  # under DDP every rank holds the same state; rank 0 writes it
             atomic_write_bytes(self.run.checkpoints / f"{name}.pt", data)
@@ -580,32 +737,35 @@ class Trainer:
     def resume_from(self, spec: str) -> None:
         """Restore everything from a checkpoint so the run continues exactly where it stopped."""
         path = resolve_checkpoint(spec, self.run.checkpoints if self.run else None)
-        state = load_checkpoint(path)
-        load_model_state(self.raw_model, state["model"], path)
+        self.restore(load_checkpoint(path), path)
+
+    def resume_with(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Restore from an already loaded (and validated) checkpoint when ``fit`` starts."""
+        self._pending_resume = (checkpoint, Path(path))
+
+    def restore(self, checkpoint: dict[str, Any], path: str | Path) -> None:
+        """Weights, optimizer, schedule, scaler, loop state, pending gradients, RNG."""
+        load_model_state(self.raw_model, checkpoint["model"], path)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.scaler.load_state_dict(checkpoint["scaler"])
         except (KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"{path}: optimizer state does not fit this run ({exc})"
             ) from None
-        position = state["position"]
-        self.epoch, self.batch_in_epoch = position["epoch"], position["batch"]
-        self.global_step = position["global_step"]
-        self._sums.load_state_dict(state["epoch_sums"])
-        callbacks = state["callbacks"]
-        if self.early_stopping is not None and callbacks.get("early_stopping"):
-            self.early_stopping.load_state_dict(callbacks["early_stopping"])
-        if self.top_k is not None and callbacks.get("top_k"):
-            self.top_k.load_state_dict(callbacks["top_k"])
-        self.history = list(state["history"])
-        self.load_extra_state(state.get("extra", {}))
-        restore_rng_state(state["rng"])
-
-    def load_extra_state(self, extra: dict[str, Any]) -> None:
-        """Counterpart of ``extra_state``."""
-        self.data_state = extra.get("data", {})
+        self.state = TrainState()
+        self.state.load_state_dict(checkpoint["state"])
+        s = self.state
+        if self.early_stopping is not None and s.early_stopping:
+            self.early_stopping.load_state_dict(s.early_stopping)
+        if self.top_k is not None and s.top_k:
+            self.top_k.load_state_dict(s.top_k)
+        params = dict(self.raw_model.named_parameters())
+        for name, grad in checkpoint.get("grads", {}).items():
+            params[name].grad = grad.to(params[name].device)
+        self.load_extra_state(checkpoint.get("extra", {}))
+        restore_rng_state(checkpoint["rng"])
 
     def _save_and_exit(self) -> None:
         if self.run is not None:
@@ -646,6 +806,19 @@ class Trainer:
             on_trace_ready=on_trace_ready,
             record_shapes=True,
         )
+
+
+class _OneBatch(Batches):
+    """One batch already on the device, as ``Batches`` (for the monitor probe)."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.batch
 
 
 class Diverged(TrainingError):
