@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
+import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -113,3 +115,156 @@ def test_resume_last_continues_the_newest_run(runs_dir, capsys):
     (run,) = (runs_dir / "digits-mlp").iterdir()
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+# -- `mlenv runs show/delete`: which run, and never a folder that is not provably its own --------
+def record(store_path, run_id, folder, *, running=False, run_dir=None, names=None):
+    """A run in the store with its folder: ``summary.json`` naming ``names`` (default the run)."""
+    from mlenv.track.store import Store
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("recipe: digits-mlp\n")
+    if names is not False:
+        summary = {"run_id": names or run_id, "status": "running" if running else "finished"}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    store = Store(store_path)
+    store.start_run(run_id, "exp", {}, run_dir=str(folder))
+    if run_dir is not None:  # as an older mlenv recorded it
+        with store.transaction() as db:
+            db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
+    if not running:
+        store.finish_run(run_id, "finished", {"test_acc": 0.9})
+    store.close()
+    return folder
+
+
+def files(folder):
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def store_with_runs(tmp_path):
+    db = tmp_path / "runs" / "mlenv.db"
+    for run_id in ("20261122-070000-c978ac", "20261122-070000-c978bd", "20261122-080000-aaaaaa"):
+        record(db, run_id, tmp_path / "runs" / "exp" / run_id)
+    return db
+
+
+def test_delete_needs_the_id_or_a_6_character_prefix(store_with_runs, tmp_path, capsys):
+    from mlenv.track.store import Store
+
+    store = ["--store", str(store_with_runs)]
+    before = files(tmp_path / "runs" / "exp")
+    assert main(["runs", "delete", "c", "--yes", *store]) == 2  # once deleted ...-c978ac
+    assert "at least 6 characters" in capsys.readouterr().err
+    assert main(["runs", "delete", "c978ac", "--yes", *store]) == 2  # a suffix is no prefix
+    assert "no run 'c978ac'" in capsys.readouterr().err
+    assert main(["runs", "delete", "20261122-07", "--yes", *store]) == 2
+    err = capsys.readouterr().err
+    assert "matches 2 runs" in err and "c978ac" in err and "c978bd" in err
+    assert len(err.strip().splitlines()) == 1
+    assert files(tmp_path / "runs" / "exp") == before
+    assert len(Store(store_with_runs).runs()) == 3
+
+    assert main(["runs", "show", "20261122-08", *store]) == 0
+    assert "run 20261122-080000-aaaaaa" in capsys.readouterr().out
+    assert main(["runs", "delete", "20261122-08", "--yes", *store]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "runs" / "exp" / "20261122-080000-aaaaaa"
+    assert "experiment exp" in out and f"folder     {folder}" in out and "finished" in out
+    assert not folder.exists()
+    assert [r["id"] for r in Store(store_with_runs).runs()] == [
+        "20261122-070000-c978ac",
+        "20261122-070000-c978bd",
+    ]
+
+
+def test_delete_keeps_a_folder_that_is_not_the_runs(tmp_path, capsys):
+    from mlenv.track.store import Store
+
+    db = tmp_path / "mlenv.db"
+    other = record(db, "20261122-090000-000001", tmp_path / "a", names="someone-else")
+    bare = record(db, "20261122-090000-000002", tmp_path / "b", names=False)
+    before = files(tmp_path / "a") | files(tmp_path / "b")
+    for run_id, why in (
+        ("20261122-090000-000001", "is run 'someone-else'"),
+        ("20261122-090000-000002", "no readable summary.json"),
+    ):
+        assert main(["runs", "delete", run_id, "--yes", "--force", "--store", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "not deleting" in err
+    assert files(tmp_path / "a") | files(tmp_path / "b") == before
+    assert other.is_dir() and bare.is_dir() and len(Store(db).runs()) == 2
+
+
+def test_delete_refuses_a_live_run_unless_forced(tmp_path, capsys):
+    db = tmp_path / "mlenv.db"
+    folder = record(db, "20261122-100000-0000aa", tmp_path / "live", running=True)
+    argv = ["runs", "delete", "20261122-100000-0000aa", "--yes", "--store", str(db)]
+    assert main(argv) == 2  # this process recorded it: alive
+    err = capsys.readouterr().err
+    assert "is running" in err and f"process {os.getpid()}" in err and "--force" in err
+    assert folder.is_dir()
+    assert main([*argv, "--force"]) == 0
+    assert not folder.exists()
+
+
+def test_delete_reads_an_older_relative_folder_beside_the_store(tmp_path, monkeypatch, capsys):
+    """Older rows hold ``runs/<experiment>/<id>`` relative to where training ran: read beside
+    the store, never relative to the current folder (which holds a decoy of the same name)."""
+    run_id = "20261122-110000-0000bb"
+    db = tmp_path / "project" / "runs" / "mlenv.db"
+    real = record(
+        db, run_id, tmp_path / "project" / "runs" / "exp" / run_id, run_dir=f"runs/exp/{run_id}"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    decoy = elsewhere / "runs" / "exp" / run_id
+    decoy.mkdir(parents=True)
+    (decoy / "summary.json").write_text(json.dumps({"run_id": run_id}))
+    monkeypatch.chdir(elsewhere)
+    assert main(["runs", "delete", run_id, "--yes", "--store", str(db)]) == 0
+    assert f"folder     {real}" in capsys.readouterr().out
+    assert not real.exists() and (decoy / "summary.json").is_file()
+
+
+def test_delete_of_a_run_whose_folder_is_gone_forgets_it(tmp_path, capsys):
+    import shutil
+
+    from mlenv.track.store import Store
+
+    db = tmp_path / "mlenv.db"
+    shutil.rmtree(record(db, "20261122-120000-0000cc", tmp_path / "gone"))
+    assert main(["runs", "delete", "20261122-120000-0000cc", "--yes", "--store", str(db)]) == 0
+    assert "not there" in capsys.readouterr().out
+    assert Store(db).runs() == []
+
+
+def test_delete_with_stdin_closed_deletes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlenv.db"
+    folder = record(db, "20261122-130000-0000dd", tmp_path / "kept")
+    before = files(folder)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlenv.cli",
+            "runs",
+            "delete",
+            "20261122-130000",
+            "--store",
+            str(db),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "mlenv: nothing deleted (no answer: stdin is closed; pass --yes)"
+    ]
+    assert "20261122-130000-0000dd" in proc.stdout and str(folder) in proc.stdout
+    assert files(folder) == before

@@ -279,7 +279,9 @@ def _recipe_and_rest(argv: list[str], command: str) -> tuple[Any, list[str], dic
             )
         if "recipe" not in values:
             raise ConfigError(f"--config: {path} has no 'recipe' key; name the recipe first")
-        return load_recipe(values["recipe"]), argv, base
+        from mlenv.config import recipe_from_config
+
+        return recipe_from_config(values["recipe"]), argv, base
     raise ConfigError(f"{command}: name a recipe (`mlenv list recipes`) or give --config FILE")
 
 
@@ -511,8 +513,17 @@ def cmd_export(argv: list[str]) -> int:
         kind.add_argument(
             "--out", required=True, metavar=out, help=f"where to write ({out.lower()})"
         )
-        _flag(kind, "--batch-size", type=_at_least(1), default=8, help="rows in the fixed batch")
-        kind.add_argument("--seed", type=_at_least(0), default=0, help="seed of the fixed batch")
+        _flag(
+            kind,
+            "--batch-size",
+            type=_at_least(1),
+            default=8,
+            metavar="N",
+            help="rows in the fixed batch (8)",
+        )
+        kind.add_argument(
+            "--seed", type=_at_least(0), default=0, metavar="S", help="seed of the fixed batch (0)"
+        )
         _write_flags(kind, "non-empty folder" if name == "golden" else "file")
     args = parser.parse_args(argv)
     options = {"inputs": [args.weights], "force": args.force, "mkdir": args.mkdir}
@@ -542,8 +553,20 @@ def cmd_parity(argv: list[str]) -> int:
     )
     parser.add_argument("golden", metavar="DIR_A", help="the reference (`mlenv export golden`)")
     parser.add_argument("other", metavar="DIR_B", help="the port's tensors, same names")
-    parser.add_argument("--rtol", type=_type(float, "a number"), default=1e-5, help="(1e-5)")
-    parser.add_argument("--atol", type=_type(float, "a number"), default=1e-6, help="(1e-6)")
+    parser.add_argument(
+        "--rtol",
+        type=_type(float, "a number"),
+        default=1e-5,
+        metavar="R",
+        help="relative tolerance >= 0 (1e-5)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=_type(float, "a number"),
+        default=1e-6,
+        metavar="A",
+        help="absolute tolerance >= 0 (1e-6)",
+    )
     args = parser.parse_args(argv)
     rows = compare(Path(args.golden), Path(args.other), rtol=args.rtol, atol=args.atol)
     print(format_rows(rows))
@@ -607,8 +630,10 @@ def cmd_cv(argv: list[str]) -> int:
     from mlenv.config import load_recipe
 
     parser = _recipe_parser("cv", "k-fold cross-validation of a recipe, recorded as a group.")
-    parser.add_argument("--folds", type=_at_least(2), default=5, help="k (5)")
-    parser.add_argument("--repeats", type=_at_least(1), default=1, help="shuffled repeats (1)")
+    parser.add_argument("--folds", type=_at_least(2), default=5, metavar="K", help="folds (5)")
+    parser.add_argument(
+        "--repeats", type=_at_least(1), default=1, metavar="N", help="shuffled repeats (1)"
+    )
     parser.add_argument("--experiment", metavar="NAME", help="the group's name")
     args, overrides = parser.parse_known_args(argv)
     cross_validate(load_recipe(args.recipe), args.folds, args.repeats, overrides, args.experiment)
@@ -629,7 +654,13 @@ def cmd_compare(argv: list[str]) -> int:
     )
     parser.add_argument("groups", nargs="+", metavar="GROUP", help="two or more group names/ids")
     parser.add_argument("--metric", default="test_acc", help="a summary metric (test_acc)")
-    parser.add_argument("--alpha", type=_type(float, "a number in (0, 1)"), default=0.05)
+    parser.add_argument(
+        "--alpha",
+        type=_type(float, "a number in (0, 1)"),
+        default=0.05,
+        metavar="A",
+        help="significance level (0.05)",
+    )
     parser.add_argument(
         "--unpaired", action="store_true", help="compare groups whose members do not pair up"
     )
@@ -661,7 +692,7 @@ def cmd_runs(argv: list[str]) -> int:
     _store_flag(parser)
     actions = parser.add_subparsers(dest="what", required=True, metavar="{list,show,delete}")
     listing = actions.add_parser("list", help="one line per run", description="one line per run")
-    listing.add_argument("--experiment", help="only this experiment's runs")
+    listing.add_argument("--experiment", metavar="NAME", help="only this experiment's runs")
     listing.add_argument("--sort", metavar="METRIC", help="highest first (default: start time)")
     show = actions.add_parser(
         "show", help="a run's record, metrics and summary", description="a run's record"
@@ -775,9 +806,27 @@ def cmd_bench(argv: list[str]) -> int:
         "Other flags are the recipe's fields (`mlenv args RECIPE --help`).",
     )
     parser.add_argument("target", metavar="RECIPE|MODEL", help="a recipe, or a registered model")
-    _flag(parser, "--batch-sizes", type=INT_LIST, default=[1, 32, 256], help="(1,32,256)")
-    _flag(parser, "--input-shape", type=INT_LIST, help="a model's input shape, e.g. 20 or 3,32,32")
-    parser.add_argument("--threads", type=_type(int, "an integer >= 1"), help="torch threads")
+    _flag(
+        parser,
+        "--batch-sizes",
+        type=INT_LIST,
+        default=[1, 32, 256],
+        metavar="1,32,256",
+        help="batch sizes to measure",
+    )
+    _flag(
+        parser,
+        "--input-shape",
+        type=INT_LIST,
+        metavar="SHAPE",
+        help="a model's input shape, e.g. 20 or 3,32,32",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_type(int, "an integer >= 1"),
+        metavar="N",
+        help="torch threads (default: the trainer's choice)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument(
         "--out", metavar="FILE.jsonl", help="results file, appended to (runs/bench.jsonl)"

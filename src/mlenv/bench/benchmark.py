@@ -110,8 +110,36 @@ def benchmark_model(
     return rows
 
 
-def append_results(rows: list[dict[str, Any]], path: str | Path) -> Path:
+def _check_sizes(flag: str, values: list[int]) -> None:
+    from mlenv.errors import ConfigError
+
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ConfigError(f"{flag}: accepts integers >= 1 like 1,32,256, got {values!r}")
+
+
+def check_results_file(path: str | Path) -> Path:
+    """A results file that rows may be appended to: missing, empty, or JSON lines already (so a
+    benchmark never appends to a file of another kind)."""
+    from mlenv.errors import ConfigError
+
     path = Path(path)
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as f:
+            first = f.readline(1 << 20)
+        try:
+            ok = isinstance(json.loads(first), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"--out: {path} is not a JSON-lines results file; rows are appended to one, "
+                "so give a new .jsonl path"
+            )
+    return path
+
+
+def append_results(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = check_results_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         for row in rows:
@@ -150,6 +178,11 @@ def benchmark_target(
     from mlenv.runtime.device import choose_device
     from mlenv.runtime.threads import apply_threads
 
+    _check_sizes("--batch-sizes", batch_sizes)
+    if input_shape is not None:
+        _check_sizes("--input-shape", input_shape)
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"--threads: accepts an integer >= 1, got {threads!r}")
     device = choose_device(device_name)
     if target in recipe_names() or target.endswith(".yaml"):
         from mlenv.train.run import build

@@ -5,6 +5,7 @@ as ``.safetensors`` or ``.npz`` files with the same names."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +43,21 @@ class Row:
 
 
 def compare(a: Path, b: Path, rtol: float = 1e-5, atol: float = 1e-6) -> list[Row]:
+    """One row per tensor of the golden folder ``a``, in execution order, compared with the
+    tensor of the same name in ``b`` by ``numpy.allclose(b, a, rtol, atol)``."""
     a, b = Path(a), Path(b)
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise MlenvError(f"--{name}: accepts a number >= 0, got {value!r}")
+    for folder in (a, b):
+        if not folder.exists():
+            raise MlenvError(f"{folder}: no such folder")
+        if not folder.is_dir():
+            raise MlenvError(f"{folder}: not a folder; give two golden folders")
     if not (a / "manifest.json").is_file():
-        raise MlenvError(f"{a}: not a golden folder (no manifest.json)")
-    if not b.is_dir():
-        raise MlenvError(f"{b}: no such folder")
+        raise MlenvError(
+            f"{a}: not a golden folder (no manifest.json); `mlenv export golden` writes one"
+        )
     manifest = json.loads((a / "manifest.json").read_text())
     rows: list[Row] = []
     for section in SECTIONS:
@@ -93,3 +104,20 @@ def format_rows(rows: list[Row]) -> str:
         f"{sum(r.status == 'missing' for r in rows)} missing in the second folder"
     )
     return "\n".join(lines)
+
+
+def failure(rows: list[Row], b: Path | str = "the second folder") -> str | None:
+    """Why the comparison failed, or ``None``: a tensor out of tolerance or of another shape, or
+    no tensor compared at all (``b`` holds none of the first folder's tensors)."""
+    bad = [r for r in rows if r.status not in ("ok", "missing")]
+    if bad:
+        first = bad[0]
+        return (
+            f"{len(bad)} tensors differ; the first is {first.section}/{first.name} ({first.status})"
+        )
+    if not any(r.status == "ok" for r in rows):
+        return (
+            f"no tensor compared: {b} holds none of the first folder's tensors "
+            "(inputs, activations, loss, grads, step, weights as .safetensors or .npz)"
+        )
+    return None
