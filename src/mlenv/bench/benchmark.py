@@ -188,8 +188,10 @@ def benchmark_target(
         from mlenv.train.run import build
 
         cfg = resolve(load_recipe(target), [*overrides, "--progress", "false"], prog="mlenv bench")
-        bundle, model, trainer_cls = build(cfg)
-        trainer = trainer_cls(cfg.train, model, **cfg.task_args)
+        from mlenv.train.trainer import Trainer
+
+        bundle, model, task = build(cfg)
+        trainer = Trainer(cfg.train, model, task=task)
         tensors = [t.to(device) for t in bundle.train]
         trainer.setup(tensors[0][:1], 1)  # the Trainer's own thread choice, unless --threads
         apply_threads(threads or trainer.threads or 1)
