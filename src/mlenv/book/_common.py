@@ -41,6 +41,8 @@ def book_file(name: str, given: str | None = None, base_url: str | None = None) 
     cached copy, else downloaded from the book's repository into the cache (checksum checked)."""
     if given:
         path = Path(given)
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder, not a file; give a file with --data FILE")
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         return path
@@ -66,11 +68,39 @@ def book_file(name: str, given: str | None = None, base_url: str | None = None) 
     return cached
 
 
-def load_matrix(path: Path) -> np.ndarray:
+def load_matrix(path: Path, columns: int, what: str) -> np.ndarray:
+    """The file's numbers, ``columns`` a line (``what`` says what they are, for the error):
+    shape (N,) for one column, else (N, columns). A file of another shape, with fewer than two
+    rows, or with a value that is not a finite number is a one-line ``DataError``.
+
+    >>> load_matrix(Path("old_faithful.txt"), 2, "duration and waiting time")  # doctest: +SKIP
+    """
+    import io
+    import warnings
+
+    from mlenv.data.text import read_utf8
+
+    text, _ = read_utf8(path, "--data")
+    expected = f"{columns} number{'s' if columns > 1 else ''} a line ({what})"
     try:
-        return np.loadtxt(path, ndmin=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file: reported below
+            xs = np.loadtxt(io.StringIO(text), ndmin=2)  # (N, D)
     except ValueError as exc:
-        raise DataError(f"{path}: not a file of numbers ({exc})") from None
+        raise DataError(f"{path}: not a file of numbers, expected {expected} ({exc})") from None
+    if xs.shape[1] != columns:
+        raise DataError(
+            f"{path}: {xs.shape[1]} number{'s' if xs.shape[1] != 1 else ''} a line; expected "
+            f"{expected}"
+        )
+    if len(xs) < 2:
+        raise DataError(f"{path}: {len(xs)} line(s) of numbers; expected at least 2 of {expected}")
+    bad = ~np.isfinite(xs).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{path}: data row {int(bad.argmax()) + 1} holds a value that is not finite"
+        )
+    return xs[:, 0] if columns == 1 else xs
 
 
 def write_results(folder: Path, results: dict[str, Any]) -> Path:

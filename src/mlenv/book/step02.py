@@ -16,7 +16,7 @@ from mlenv.classical import NormalMLE
 def run(out: Path, data: str | None = None) -> dict[str, Any]:
     plt = pyplot()
     path = book_file("height.txt", data)
-    xs = load_matrix(path).ravel()
+    xs = load_matrix(path, 1, "a height in cm")
     model = NormalMLE().fit(xs)
     results = {
         "data": str(path),

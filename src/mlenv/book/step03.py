@@ -41,7 +41,7 @@ def run(out: Path, data: str | None = None) -> dict[str, Any]:
     contour = save(fig, out / "contour.png")
 
     path = book_file("height_weight.txt", data)
-    xs = load_matrix(path)
+    xs = load_matrix(path, 2, "height and weight")
     mle = MultivariateNormal(ddof=0).fit(xs)
     unbiased = MultivariateNormal(ddof=1).fit(xs)
     small = xs[:500]

@@ -37,7 +37,7 @@ def grid_density(density: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def run(out: Path, data: str | None = None) -> dict[str, Any]:
     plt = pyplot()
     path = book_file("old_faithful.txt", data)
-    xs = load_matrix(path)
+    xs = load_matrix(path, 2, "eruption duration and waiting time")
     X, Y, Z = grid_density(mixture_density)
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.scatter(xs[:, 0], xs[:, 1], s=8, label="data")

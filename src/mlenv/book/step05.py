@@ -89,7 +89,7 @@ def kl_demo(seed: int = 0) -> dict[str, float]:
 def run(out: Path, data: str | None = None) -> dict[str, Any]:
     plt = pyplot()
     path = book_file("old_faithful.txt", data)
-    xs = load_matrix(path)
+    xs = load_matrix(path, 2, "eruption duration and waiting time")
     result = em(xs)
     X, Y, Z = grid_density(
         lambda pts: component_densities(pts, result["phis"], result["mus"], result["covs"]).sum(

@@ -10,6 +10,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from mlenv.data import DataBundle, register_dataset
+from mlenv.data.splits import check_fraction
+from mlenv.errors import ConfigError, DataError
 
 
 def split_three(
@@ -23,25 +25,36 @@ def split_three(
     cv_repeat: int = 0,
 ):
     """Stratified train/val/test split; ``val_size`` is a fraction of the whole. With ``folds``,
-    fold ``fold`` is the test split."""
-    if folds:
-        from mlenv.data.splits import fold_indices
+    fold ``fold`` is the test split. Fractions out of range are a ``ConfigError`` naming the flag."""
+    check_fraction("test_size", test_size, 1.0)
+    try:
+        if folds:
+            from mlenv.data.splits import fold_indices
 
-        rest, test = fold_indices(y, folds, fold, seed, cv_repeat)
-        x_rest, x_test, y_rest, y_test = x[rest], x[test], y[rest], y[test]
-        test_size = len(test) / len(y)
-    else:
-        x_rest, x_test, y_rest, y_test = train_test_split(
-            x, y, test_size=test_size, random_state=seed, stratify=y
+            rest, test = fold_indices(y, folds, fold, seed, cv_repeat)
+            x_rest, x_test, y_rest, y_test = x[rest], x[test], y[rest], y[test]
+            test_size = len(test) / len(y)
+            check_fraction("val_size", val_size, 1 - test_size, why=f"--folds {folds}")
+        else:
+            check_fraction("val_size", val_size, 1 - test_size, why=f"--test-size {test_size}")
+            x_rest, x_test, y_rest, y_test = train_test_split(
+                x, y, test_size=test_size, random_state=seed, stratify=y
+            )
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest, y_rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=y_rest
         )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=y_rest
-    )
+    except ValueError as exc:  # a split too small to hold every class
+        raise DataError(
+            f"cannot split {len(y)} rows with --val-size {val_size} and --test-size {test_size} "
+            f"({exc})"
+        ) from None
     return (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
 def _bundle(x, y, seed, val_size, test_size, normalize, name, folding) -> DataBundle:
     """Split (``folding`` = (folds, fold, cv_repeat)), normalise on the training rows, pack."""
+    if normalize not in ("standard", "unit", "none"):
+        raise ConfigError(f"--normalize: accepts standard, unit or none, got {normalize!r}")
     (xtr, ytr), (xva, yva), (xte, yte) = split_three(x, y, val_size, test_size, seed, *folding)
     if normalize == "standard":
         scaler = StandardScaler().fit(xtr)  # fitted on the training split only

@@ -1,14 +1,19 @@
 """Tabular CSV for binary classification: read, validate, map labels, split, scale.
 
 Every problem in the file is an error naming the file, the row (as the line number in the file)
-and the column, unless the user chose a policy (``missing="drop"|"mean"``). The scaler is fitted on
-the training rows only; everything prediction needs to repeat the preprocessing (columns, label
-mapping, imputation means, scaler mean and scale) is kept in ``DataBundle.state`` and saved in
+and the column, unless the user chose a policy (``missing="drop"|"mean"``). The rows are split
+three ways: test, and a validation split carved out of the rest for checkpoint selection and
+early stopping (``val_size``, default 0.1 of all rows; 0 means no validation), so selection never
+sees a test row. The scaler is fitted on the training rows only; everything prediction needs to
+repeat the preprocessing (columns, label mapping, missing-value markers, imputation means, scaler
+mean and scale, the data file's path and SHA-256) is kept in ``DataBundle.state`` and saved in
 every checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +24,24 @@ import pandas as pd
 import torch
 
 from mlenv.data import DataBundle, register_dataset
-from mlenv.errors import DataError
+from mlenv.data.splits import check_fraction
+from mlenv.data.text import read_utf8
+from mlenv.errors import ConfigError, DataError
 
 MissingPolicy = Literal["error", "drop", "mean"]
-NA_MARKERS = {"", "na", "nan", "null", "none", "?", "n/a"}
+# strings that mean "missing" (case-insensitive) besides an empty cell; --na-values replaces them
+DEFAULT_NA_VALUES = "na,nan,null,none,?,n/a"
+# the files write_split makes; replacing a split removes all of them first
+SPLIT_FILES = (
+    *(f"{name}{suffix}.csv" for name in ("train", "val", "test") for suffix in ("", "_scaled")),
+    "split.json",
+)
+
+
+def na_markers(na_values: str) -> set[str]:
+    """The lower-cased strings that mean missing: an empty cell, and each of ``na_values``
+    (comma-separated). ``na_markers("")`` is ``{""}``: only empty cells are missing."""
+    return {""} | {v.strip().lower() for v in na_values.split(",") if v.strip()}
 
 
 @dataclass
@@ -38,6 +57,8 @@ class TabularTable:
     label_values: list[str]  # label_values[i] is the original value mapped to i
     dropped_rows: list[int]  # line numbers dropped by policy "drop"
     missing: str = "error"  # the policy, kept so prediction applies the same one
+    na_values: str = DEFAULT_NA_VALUES  # kept so prediction reads missing values the same way
+    sha256: str = ""  # of the file's bytes: a later run can tell whether it reads the same file
 
     def label_mapping(self) -> dict[str, int]:
         return {value: i for i, value in enumerate(self.label_values)}
@@ -57,10 +78,13 @@ def read_table(
     no_header: bool = False,
     missing: MissingPolicy = "error",
     drop_constant: bool = False,
+    na_values: str = DEFAULT_NA_VALUES,
 ) -> TabularTable:
-    """Read and validate a CSV for binary classification (see the module docstring)."""
-    path = Path(path)
-    frame = _read_csv(path, no_header)
+    """Read and validate a CSV for binary classification (see the module docstring).
+
+    >>> table = read_table("spambase.data", no_header=True)  # doctest: +SKIP
+    """
+    frame, path, sha256 = _read_csv(path, no_header)
     first_line = 1 if no_header else 2
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows")
@@ -70,12 +94,20 @@ def read_table(
         raise DataError(f"{path}: needs at least one feature column and a target column")
     target_name = _target_column(frame, target, path)
     lines = np.arange(first_line, first_line + len(frame))
+    markers = na_markers(na_values)
 
     raw_labels = frame[target_name].str.strip()
-    empty = raw_labels.str.lower().isin(NA_MARKERS).to_numpy()
+    empty = raw_labels.str.lower().isin(markers).to_numpy()
     if empty.any():
-        line = int(lines[empty.argmax()])
-        raise DataError(f"{path}: row {line}, column {target_name!r}: missing label")
+        i = int(empty.argmax())
+        value = raw_labels.iloc[i]
+        hint = (
+            f" ({value!r} is a missing-value marker; --na-values sets them, e.g. "
+            "--na-values '' so that only empty cells are missing)"
+            if value
+            else ""
+        )
+        raise DataError(f"{path}: row {lines[i]}, column {target_name!r}: missing label{hint}")
     distinct = _sort_labels(sorted(set(raw_labels)))
     if len(distinct) != 2:
         shown = ", ".join(distinct[:10]) + (", ..." if len(distinct) > 10 else "")
@@ -85,7 +117,7 @@ def read_table(
         )
 
     columns = [c for c in frame.columns if c != target_name]
-    features, missing_mask = _numeric_columns(frame, columns, lines, path)
+    features, missing_mask = _numeric_columns(frame, columns, lines, path, markers)
 
     dropped: list[int] = []
     if missing_mask.any():
@@ -120,12 +152,22 @@ def read_table(
     mapping = {value: i for i, value in enumerate(distinct)}
     labels = np.array([mapping[v] for v in raw_labels], dtype=np.int64)
     return TabularTable(
-        path, features, labels, lines, columns, target_name, distinct, dropped, missing
+        path,
+        features,
+        labels,
+        lines,
+        columns,
+        target_name,
+        distinct,
+        dropped,
+        missing,
+        na_values,
+        sha256,
     )
 
 
 def _numeric_columns(
-    frame: pd.DataFrame, columns: list[str], lines: np.ndarray, path: Path
+    frame: pd.DataFrame, columns: list[str], lines: np.ndarray, path: Path, markers: set[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The named text columns as float64 (NaN where missing) and the mask of missing cells;
     a non-numeric or infinite cell is an error naming its row and column."""
@@ -133,7 +175,7 @@ def _numeric_columns(
     missing_mask = np.zeros_like(features, dtype=bool)
     for j, column in enumerate(columns):
         text = frame[column].str.strip()
-        is_missing = text.str.lower().isin(NA_MARKERS).to_numpy()
+        is_missing = text.str.lower().isin(markers).to_numpy()
         numbers = pd.to_numeric(text.where(~is_missing, None), errors="coerce").to_numpy(float)
         bad = np.isnan(numbers) & ~is_missing
         if bad.any():
@@ -150,25 +192,80 @@ def _numeric_columns(
     return features, missing_mask
 
 
-def _read_csv(path: Path, no_header: bool) -> pd.DataFrame:
-    if not str(path) or not path.is_file():
-        raise DataError(f"{path}: no such file" if str(path) else "give the CSV with --data FILE")
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: str | Path, no_header: bool) -> tuple[pd.DataFrame, Path, str]:
+    """(every cell as text, the path, the SHA-256 of the file's bytes). The header is read by
+    hand so that duplicate names are seen (pandas would rename them ``a.1``) and a first line of
+    numbers is caught (a file without a header, read without --no-header, would lose a row)."""
+    if not str(path).strip():
+        raise DataError("give the CSV with --data FILE")
+    path = Path(path)
+    text, raw = read_utf8(path, "--data")
+    _check_field_counts(text, path)
     try:
         frame = pd.read_csv(
-            path,
-            header=None if no_header else 0,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
+            io.StringIO(text), header=None, dtype=str, keep_default_na=False, skipinitialspace=True
         )
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no rows)") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a valid CSV ({str(exc).strip()})") from None
     if no_header:
-        frame.columns = [f"x{i}" for i in range(frame.shape[1])]
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+        names = [f"x{i}" for i in range(frame.shape[1])]
+    else:
+        names = [str(c).strip() for c in frame.iloc[0]]
+        frame = frame.iloc[1:].reset_index(drop=True)
+        _check_header(names, frame, path)
+    frame.columns = names
+    return frame, path, hashlib.sha256(raw).hexdigest()
+
+
+def _check_field_counts(text: str, path: Path) -> None:
+    """Every row has as many fields as the first line (pandas would fill a short row with
+    empty cells, or stop with a message that does not name the line in the file)."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    width = None
+    for record in reader:
+        if not record:  # a blank line, which pandas skips too
+            continue
+        if width is None:
+            width = len(record)
+        elif len(record) != width:
+            raise DataError(
+                f"{path}: row {reader.line_num} has {len(record)} fields; the first line has "
+                f"{width}"
+            )
+
+
+def _check_header(names: list[str], frame: pd.DataFrame, path: Path) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(
+                f"{path}: the header names column {name!r} twice; column names must be distinct"
+            )
+        seen.add(name)
+    # the first line is a data row when each field is a number or a value its column holds
+    # below (a label such as 'g'), and at least one is a number
+    numbers = [_is_number(n) for n in names]
+    if any(numbers) and all(
+        number or name in set(frame.iloc[:, j].str.strip())
+        for j, (name, number) in enumerate(zip(names, numbers, strict=True))
+    ):
+        shown = ",".join(names[:6]) + (",..." if len(names) > 6 else "")
+        raise DataError(
+            f"{path}: the first line ({shown}) looks like a data row, not column names; if the "
+            "file has no header, give --no-header"
+        )
 
 
 def read_for_prediction(
@@ -176,9 +273,9 @@ def read_for_prediction(
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """New rows for a trained model: the training columns (by name when there is a header),
     imputed and scaled exactly as in training. Returns (scaled features, line numbers, the
-    original labels if the file has the target column)."""
-    path = Path(path)
-    frame = _read_csv(path, no_header)
+    original labels if the file has the target column). A label the model never saw is an
+    error naming it and the known labels."""
+    frame, path, _ = _read_csv(path, no_header)
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows")
     columns, target = list(state["columns"]), state["target"]
@@ -202,15 +299,58 @@ def read_for_prediction(
         )
     first_line = 1 if no_header else 2
     lines = np.arange(first_line, first_line + len(frame))
-    features, missing_mask = _numeric_columns(frame, columns, lines, path)
+    markers = na_markers(state.get("na_values", DEFAULT_NA_VALUES))
+    features, missing_mask = _numeric_columns(frame, columns, lines, path, markers)
     if missing_mask.any() and state.get("missing") != "mean":
         i, j = np.argwhere(missing_mask)[0]
         raise DataError(f"{path}: row {lines[i]}, column {columns[j]!r}: missing value")
-    impute = state["impute_mean"].numpy()
-    filled = np.where(np.isnan(features), impute, features)
-    scaled = (filled - state["scale_mean"].numpy()) / state["scale_scale"].numpy()
-    labels = frame[target].str.strip().tolist() if target in frame.columns else None
+    scaled = scale_features(
+        features,
+        state["impute_mean"].numpy(),
+        state["scale_mean"].numpy(),
+        state["scale_scale"].numpy(),
+        lines,
+        columns,
+        path,
+    )
+    labels = None
+    if target in frame.columns:
+        labels = frame[target].str.strip().tolist()
+        known = list(state["label_values"])
+        unknown = [i for i, value in enumerate(labels) if value not in known]
+        if unknown:
+            i = unknown[0]
+            raise DataError(
+                f"{path}: row {lines[i]}, column {target!r}: label {labels[i]!r} was not seen in "
+                f"training (known labels: {', '.join(map(repr, known))}; {len(unknown)} such "
+                "rows); drop the label column to predict without accuracy"
+            )
     return scaled, lines, labels
+
+
+def scale_features(
+    features: np.ndarray,
+    impute_mean: np.ndarray,
+    scale_mean: np.ndarray,
+    scale_scale: np.ndarray,
+    lines: np.ndarray,
+    columns: list[str],
+    path: Path,
+) -> np.ndarray:
+    """``(features - mean) / scale`` with missing cells imputed, in float64; a result that is not
+    finite as the model's float32 is an error naming the row and column."""
+    filled = np.where(np.isnan(features), impute_mean, features)
+    with np.errstate(all="ignore"):
+        scaled = (filled - scale_mean) / scale_scale
+        bad = ~np.isfinite(scaled.astype(np.float32))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DataError(
+            f"{path}: row {lines[i]}, column {columns[j]!r}: value {filled[i, j]:g} is "
+            f"{scaled[i, j]:g} after scaling (training mean {scale_mean[j]:g}, scale "
+            f"{scale_scale[j]:g}), beyond float32; rescale the column"
+        )
+    return scaled
 
 
 def _target_column(frame: pd.DataFrame, target: str, path: Path) -> str:
@@ -232,18 +372,27 @@ class TabularSplit:
 
     table: TabularTable
     train: np.ndarray
-    val: np.ndarray
+    val: np.ndarray  # empty with val_size 0 (no validation)
     test: np.ndarray
     impute_mean: np.ndarray  # (F,) training means used for missing values
     scale_mean: np.ndarray  # (F,) StandardScaler.mean_
     scale_scale: np.ndarray  # (F,) StandardScaler.scale_
 
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        filled = np.where(np.isnan(features), self.impute_mean, features)
-        return (filled - self.scale_mean) / self.scale_scale
-
     def scaled(self, rows: np.ndarray) -> np.ndarray:
-        return self.transform(self.table.features[rows])
+        """The rows imputed and scaled, (len(rows), F) float64; checked finite as float32."""
+        t = self.table
+        return scale_features(
+            t.features[rows],
+            self.impute_mean,
+            self.scale_mean,
+            self.scale_scale,
+            t.lines[rows],
+            t.columns,
+            t.path,
+        )
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
     def state(self) -> dict[str, Any]:
         """What prediction needs, as plain data and tensors (checkpoint-safe)."""
@@ -257,6 +406,9 @@ class TabularSplit:
             "scale_mean": torch.tensor(self.scale_mean),
             "scale_scale": torch.tensor(self.scale_scale),
             "missing": t.missing,
+            "na_values": t.na_values,
+            "data_path": str(t.path.resolve()),
+            "data_sha256": t.sha256,
             "model_kwargs": {"in_features": len(t.columns)},
         }
 
@@ -270,8 +422,9 @@ def split_table(
     fold: int = 0,
     cv_repeat: int = 0,
 ) -> TabularSplit:
-    """Stratified train/(val)/test split with ``seed`` (or, with ``folds``, fold ``fold`` as the
-    test rows); scaler and imputation from the training rows only."""
+    """Stratified train/val/test split with ``seed`` (or, with ``folds``, fold ``fold`` as the
+    test rows); ``val_size`` (a fraction of all rows, 0 for none) comes out of the non-test rows.
+    Scaler and imputation from the training rows only."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
@@ -288,6 +441,7 @@ def split_table(
 
             train, test = fold_indices(table.labels, folds, fold, seed, cv_repeat)
             test_size = len(test) / len(index)
+            check_fraction("val_size", val_size, 1 - test_size, zero=True, why=f"--folds {folds}")
         else:
             train, test = train_test_split(
                 index, test_size=test_size, random_state=seed, stratify=table.labels
@@ -301,7 +455,10 @@ def split_table(
                 stratify=table.labels[train],
             )
     except ValueError as exc:
-        raise DataError(f"{table.path}: cannot split {len(index)} rows: {exc}") from None
+        raise DataError(
+            f"{table.path}: cannot split {len(index)} rows with --test-size {test_size:.4g} and "
+            f"--val-size {val_size:.4g} ({exc})"
+        ) from None
     train, val, test = np.sort(train), np.sort(val), np.sort(test)
     train_features = table.features[train]
     with np.errstate(all="ignore"):
@@ -310,41 +467,90 @@ def split_table(
         j = int(np.isnan(impute).argmax())
         raise DataError(f"{table.path}: column {table.columns[j]!r} has no value in training rows")
     filled = np.where(np.isnan(train_features), impute, train_features)
-    scaler = StandardScaler().fit(filled)  # the training rows only
-    scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+    with np.errstate(all="ignore"):  # overflow is reported below, by column
+        scaler = StandardScaler().fit(filled)  # the training rows only
+        scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+        overflow = ~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_))
+    if overflow.any():
+        j = int(overflow.argmax())
+        i = int(np.abs(filled[:, j]).argmax())
+        raise DataError(
+            f"{table.path}: row {table.lines[train[i]]}, column {table.columns[j]!r}: value "
+            f"{filled[i, j]:g} makes the training rows' mean or variance overflow, so scaling "
+            "gives no finite values; rescale the column"
+        )
     return TabularSplit(table, train, val, test, impute, scaler.mean_, scale)
 
 
-def write_split(split: TabularSplit, directory: str | Path) -> Path:
-    """The exact rows and scaled matrices as CSV, so another implementation gets identical data."""
+def write_split(split: TabularSplit, directory: str | Path, force: bool = False) -> Path:
+    """The exact rows and scaled matrices as CSV, so another implementation gets identical data.
+
+    ``directory`` must be new or empty; a folder that holds a previous split (its
+    ``split.json``) is replaced as a whole only with ``force`` (the old split's files are removed
+    first, so no stale ``val.csv`` is left beside a new ``train.csv``); other files stay."""
     from mlenv.train.checkpoint import atomic_write_bytes
 
     directory = Path(directory)
+    _prepare_split_folder(directory, force)
     t = split.table
-    for name, rows in (("train", split.train), ("val", split.val), ("test", split.test)):
-        if len(rows) == 0:
-            continue
+    # scale every split first: a value that cannot be scaled stops before anything is written
+    parts = [
+        (name, rows, split.scaled(rows))
+        for name, rows in (("train", split.train), ("val", split.val), ("test", split.test))
+        if len(rows)
+    ]
+    for name, rows, scaled_rows in parts:
         raw = pd.DataFrame(t.features[rows], columns=t.columns)
         raw.insert(0, "line", t.lines[rows])
         raw["label"] = t.labels[rows]
-        scaled = pd.DataFrame(split.scaled(rows), columns=t.columns)
+        scaled = pd.DataFrame(scaled_rows, columns=t.columns)
         scaled["label"] = t.labels[rows]
         atomic_write_bytes(directory / f"{name}.csv", raw.to_csv(index=False).encode())
         scaled_csv = scaled.to_csv(index=False, float_format="%.9g").encode()
         atomic_write_bytes(directory / f"{name}_scaled.csv", scaled_csv)
     meta = {
         "source": str(t.path),
+        "source_sha256": t.sha256,
         "target": t.target,
         "label_mapping": t.label_mapping(),
         "columns": t.columns,
         "scaler_mean": split.scale_mean.tolist(),
         "scaler_scale": split.scale_scale.tolist(),
         "impute_mean": split.impute_mean.tolist(),
-        "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        "sizes": split.sizes(),
         "dropped_lines": t.dropped_rows,
     }
     atomic_write_bytes(directory / "split.json", (json.dumps(meta, indent=2) + "\n").encode())
     return directory
+
+
+def _prepare_split_folder(directory: Path, force: bool) -> None:
+    """Refuse a path that is not a folder and a non-empty folder that is not a previous split;
+    with ``force``, remove a previous split's files."""
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"--save-split: {directory} exists and is not a folder")
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return
+    if not _is_split_folder(directory):
+        raise DataError(
+            f"--save-split: {directory} is not empty and holds no previous split (split.json); "
+            "give a new or empty folder"
+        )
+    if not force:
+        raise DataError(
+            f"--save-split: {directory} holds a previous split; give --save-split-force true to "
+            "replace it, or a new folder"
+        )
+    for name in SPLIT_FILES:
+        (directory / name).unlink(missing_ok=True)
+
+
+def _is_split_folder(directory: Path) -> bool:
+    try:
+        meta = json.loads((directory / "split.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"sizes", "label_mapping", "columns"} <= meta.keys()
 
 
 def load_split(
@@ -353,19 +559,71 @@ def load_split(
     target: str = "",
     no_header: bool = False,
     test_size: float = 0.2,
-    val_size: float = 0.0,
+    val_size: float = 0.1,
     missing: MissingPolicy = "error",
     drop_constant: bool = False,
+    na_values: str = DEFAULT_NA_VALUES,
     folds: int = 0,
     fold: int = 0,
     cv_repeat: int = 0,
+    save_split: str = "",
+    save_split_force: bool = False,
 ) -> TabularSplit:
-    if not 0 < test_size < 1:
-        raise DataError(f"test_size: accepts a fraction in (0, 1), got {test_size}")
-    if not 0 <= val_size < 1 - test_size:
-        raise DataError(f"val_size: accepts a fraction in [0, 1 - test_size), got {val_size}")
-    table = read_table(data, target, no_header, missing, drop_constant)
-    return split_table(table, test_size, val_size, seed, folds, fold, cv_repeat)
+    """Read, validate and split ``data`` (the arguments are ``tabular_csv``'s); with
+    ``save_split``, also write the split there (see ``write_split``)."""
+    check_fraction("test_size", test_size, 1.0)
+    check_fraction("val_size", val_size, 1 - test_size, zero=True, why=f"--test-size {test_size}")
+    if cv_repeat < 0:
+        raise ConfigError(f"--cv-repeat: accepts an integer >= 0, got {cv_repeat}")
+    table = read_table(data, target, no_header, missing, drop_constant, na_values)
+    split = split_table(table, test_size, val_size, seed, folds, fold, cv_repeat)
+    if save_split:
+        write_split(split, save_split, force=save_split_force)
+    return split
+
+
+def check_same_data(path: str | Path, state: dict[str, Any]) -> str | None:
+    """A warning when ``path`` is not the file a model was trained on (``state`` is the tabular
+    bundle's state from its checkpoint), else None. Same bytes count as the same file, wherever
+    it lies; a state from before the checksum was kept gives None."""
+    expected = state.get("data_sha256")
+    if not expected:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: no such file; the model was trained on {state.get('data_path')}"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest == expected:
+        return None
+    return (
+        f"{path.resolve()} is not the file the model was trained on ({state.get('data_path')}, "
+        f"sha256 {expected[:16]}..., now {digest[:16]}...); the split rebuilt from it is not "
+        "the one of training"
+    )
+
+
+def check_same_columns(state: dict[str, Any], trained: dict[str, Any]) -> None:
+    """A ``DataError`` when a rebuilt tabular bundle's ``state`` does not fit the ``trained``
+    state (feature columns or label values differ), e.g. ``mlenv test --data OTHER.csv``."""
+    path = state.get("data_path", "the data")
+    columns, expected = list(state["columns"]), list(trained["columns"])
+    if len(columns) != len(expected):
+        raise DataError(
+            f"{path}: has {len(columns)} feature columns; the model was trained on "
+            f"{len(expected)} ({', '.join(expected[:8])}{', ...' if len(expected) > 8 else ''})"
+        )
+    if columns != expected:
+        differ = next(i for i, (a, b) in enumerate(zip(columns, expected, strict=True)) if a != b)
+        raise DataError(
+            f"{path}: feature column {differ + 1} is {columns[differ]!r}; the model was trained "
+            f"with {expected[differ]!r} there"
+        )
+    labels, known = list(state["label_values"]), list(trained["label_values"])
+    if labels != known:
+        raise DataError(
+            f"{path}: labels {', '.join(map(repr, labels))}; the model was trained on "
+            f"{', '.join(map(repr, known))}"
+        )
 
 
 @register_dataset("tabular-csv", provides=("in_features",))
@@ -375,15 +633,19 @@ def tabular_csv(
     target: str = "",
     no_header: bool = False,
     test_size: float = 0.2,
-    val_size: float = 0.0,
+    val_size: float = 0.1,
     missing: MissingPolicy = "error",
     drop_constant: bool = False,
+    na_values: str = DEFAULT_NA_VALUES,
     save_split: str = "",
+    save_split_force: bool = False,
     folds: int = 0,
     fold: int = 0,
     cv_repeat: int = 0,
 ) -> DataBundle:
     """A CSV of numeric features and a two-valued label (the last column unless --target).
+    ``val_size`` of all rows (stratified, out of the non-test rows) is the validation split;
+    with 0 there is none (``val`` is None): the test rows are never used for selection.
     ``folds``/``fold``/``cv_repeat`` select a cross-validation fold as the test rows."""
     split = load_split(
         data,
@@ -394,9 +656,12 @@ def tabular_csv(
         val_size,
         missing,
         drop_constant,
+        na_values,
         folds,
         fold,
         cv_repeat,
+        save_split,
+        save_split_force,
     )
     t = split.table
 
@@ -404,21 +669,20 @@ def tabular_csv(
         x = torch.tensor(split.scaled(rows), dtype=torch.float32)
         return x, torch.tensor(t.labels[rows], dtype=torch.float32)
 
-    if save_split:
-        write_split(split, save_split)
-    test = pack(split.test)
     mapping = ", ".join(f"{v!r} -> {i}" for i, v in enumerate(t.label_values))
+    state = split.state()
     return DataBundle(
         train=pack(split.train),
-        # with val_size 0 (the original's set-up) the test split is also the validation split
-        val=pack(split.val) if len(split.val) else test,
-        test=test,
+        val=pack(split.val) if len(split.val) else None,
+        test=pack(split.test),
         model_kwargs={"in_features": len(t.columns)},
         info={
             "name": t.path.name,
-            "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+            "sizes": split.sizes(),
             "labels": mapping,
             "dropped_lines": len(t.dropped_rows),
+            "data_path": state["data_path"],
+            "data_sha256": state["data_sha256"],
         },
-        state=split.state(),
+        state=state,
     )

@@ -49,13 +49,14 @@ def data_report(split: TabularSplit) -> str:
     out.append("first 3 training rows, scaled (line in file: values):")
     for row, line in zip(train[:3], t.lines[split.train[:3]], strict=False):
         out.append(f"  {line}: " + ", ".join(f"{v:.6f}" for v in row))
-    shared = _shared_rows(split)
-    if shared:
-        shown = ", ".join(f"{a}={b}" for a, b in shared[:10])
-        warnings.append(
-            f"{len(shared)} training rows also appear in the test split "
-            f"(train line=test line: {shown}{', ...' if len(shared) > 10 else ''})"
-        )
+    for name, rows in (("validation", split.val), ("test", split.test)):
+        shared = _shared_rows(split, rows)
+        if shared:
+            shown = ", ".join(f"{a}={b}" for a, b in shared[:10])
+            warnings.append(
+                f"{len(shared)} training rows also appear in the {name} split "
+                f"(train line={name} line: {shown}{', ...' if len(shared) > 10 else ''})"
+            )
     for name, rows, scaled in (("train", split.train, train), ("test", split.test, test)):
         extreme = np.abs(scaled) > OUTLIER_Z
         if extreme.any():
@@ -70,11 +71,13 @@ def data_report(split: TabularSplit) -> str:
     return "\n".join(out)
 
 
-def _shared_rows(split: TabularSplit) -> list[tuple[int, int]]:
+def _shared_rows(split: TabularSplit, rows: np.ndarray) -> list[tuple[int, int]]:
+    """(train line, line in ``rows``) of the rows of ``rows`` whose features equal a training
+    row's."""
     t = split.table
     seen = {t.features[i].tobytes(): int(t.lines[i]) for i in split.train}
     pairs = []
-    for i in split.test:
+    for i in rows:
         key = t.features[i].tobytes()
         if key in seen:
             pairs.append((seen[key], int(t.lines[i])))

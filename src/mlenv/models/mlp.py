@@ -8,10 +8,23 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mlenv.errors import ConfigError
 from mlenv.models import register_model
 from mlenv.train.base import BaseModel
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+def check_widths(**widths: int) -> None:
+    """A ``ConfigError`` naming the flag (``--embed`` for ``embed``) of a width below 1."""
+    for name, value in widths.items():
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: accepts an integer >= 1, got {value}")
+
+
+def check_dropout(dropout: float) -> None:
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"--dropout: accepts a probability in [0, 1), got {dropout}")
 
 
 class MLP(BaseModel):
@@ -24,8 +37,14 @@ class MLP(BaseModel):
         activation: str = "relu",
     ) -> None:
         super().__init__()
+        check_widths(in_features=in_features, out_features=out_features)
+        if any(h <= 0 for h in hidden):
+            raise ConfigError(
+                f"--hidden: accepts widths >= 1 (e.g. 64,32), got {','.join(map(str, hidden))}"
+            )
+        check_dropout(dropout)
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: accepts {', '.join(ACTIVATIONS)}, got {activation!r}")
+            raise ConfigError(f"--activation: accepts {', '.join(ACTIVATIONS)}, got {activation!r}")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -68,7 +87,7 @@ class BinaryMLP(MLP):
 
     def __init__(self, in_features: int, hidden: Sequence[int], dropout: float, output: str):
         if output not in ("logits", "sigmoid", "two-class"):
-            raise ValueError(f"output: accepts logits, sigmoid or two-class, got {output!r}")
+            raise ConfigError(f"--output: accepts logits, sigmoid or two-class, got {output!r}")
         super().__init__(in_features, hidden, 2 if output == "two-class" else 1, dropout)
         self.output = output
 

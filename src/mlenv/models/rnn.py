@@ -7,7 +7,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mlenv.errors import ConfigError
 from mlenv.models import register_model
+from mlenv.models.mlp import check_dropout, check_widths
 from mlenv.train.base import BaseModel
 
 
@@ -22,6 +24,10 @@ class RecurrentLM(BaseModel):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        check_widths(vocab_size=vocab_size, embed=embed, hidden=hidden, layers=layers)
+        check_dropout(dropout)
+        if cell not in ("lstm", "gru"):
+            raise ConfigError(f"--cell: accepts lstm or gru, got {cell!r}")
         self.embedding = nn.Embedding(vocab_size, embed)
         rnn_cls = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn_cls(

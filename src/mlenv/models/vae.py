@@ -6,12 +6,14 @@ import torch
 from torch import nn
 
 from mlenv.models import register_model
+from mlenv.models.mlp import check_widths
 from mlenv.train.base import BaseModel
 
 
 class VAE(BaseModel):
     def __init__(self, in_features: int, hidden: int = 128, latent: int = 8) -> None:
         super().__init__()
+        check_widths(in_features=in_features, hidden=hidden, latent=latent)
         self.encoder = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
         self.to_mu = nn.Linear(hidden, latent)
         self.to_logvar = nn.Linear(hidden, latent)
