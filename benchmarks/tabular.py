@@ -21,7 +21,8 @@ from _common import write_result
 from mlenv.config import TrainConfig
 from mlenv.data import DATASETS
 from mlenv.models import create_model
-from mlenv.train.tasks import BinaryTrainer
+from mlenv.train.tasks import BinaryTask
+from mlenv.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular" / "magic04.data"
 EPOCHS, BATCH, LR, SEED = 20, 32, 1e-4, 0
@@ -34,11 +35,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run_mlenv(bundle) -> dict:
-    model = create_model("binary-mlp", in_features=bundle.model_kwargs["in_features"])
+    model = create_model("binary-mlp", seed=0, in_features=bundle.model_kwargs["in_features"])
     config = TrainConfig(
         epochs=EPOCHS, lr=LR, batch_size=BATCH, grad_clip=1.0, seed=SEED, threads=1, progress=False
     )
-    trainer = BinaryTrainer(config, model)
+    trainer = Trainer(config, model, task=BinaryTask())
     start = time.perf_counter()
     trainer.fit(bundle.train, bundle.val)
     seconds = time.perf_counter() - start
@@ -48,7 +49,7 @@ def run_mlenv(bundle) -> dict:
 def run_dataloader_loop(bundle) -> dict:
     (x, y), (xt, yt) = bundle.train, bundle.test
     torch.manual_seed(SEED)
-    model = create_model("binary-mlp", in_features=x.shape[1])
+    model = create_model("binary-mlp", seed=0, in_features=x.shape[1])
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
     val_loader = DataLoader(TensorDataset(xt, yt), batch_size=BATCH)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -78,7 +79,7 @@ def run_lightning(bundle) -> dict:
     class Module(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.model = create_model("binary-mlp", in_features=x.shape[1])
+            self.model = create_model("binary-mlp", seed=0, in_features=x.shape[1])
             self.criterion = nn.BCEWithLogitsLoss()
 
         def training_step(self, batch, _):

@@ -30,7 +30,7 @@ def test_fit_evaluate_predict_with_any_data_form(wrap):
         "dataset": lambda t: TensorDataset(*t),
         "loader": lambda t: DataLoader(TensorDataset(*t), batch_size=32, shuffle=True),
     }
-    model = create_model("mlp", in_features=64, hidden=[64], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[64], out_features=10)
     assert isinstance(model, BaseModel) and model.dim == 10
     trainer = Classifier(TrainConfig(epochs=8, lr=3e-3, grad_clip=1.0, progress=False), model)
     result = trainer.fit(forms[wrap](data.train), forms[wrap](data.val))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from mlenv.models import create_model
 from mlenv.track.run import Run
 from mlenv.train.callbacks import EarlyStopping, TopKCheckpoints
 from mlenv.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from mlenv.train.tasks import ClassificationTrainer
+from mlenv.train.tasks import ClassificationTask
+from mlenv.train.trainer import Trainer
 
 MLENV = [sys.executable, "-m", "mlenv.cli"]
 # dropout makes the result depend on the restored RNG state, not only on the weights
@@ -67,7 +69,7 @@ def wait_for_step_checkpoint(runs_dir: Path, experiment: str, proc: subprocess.P
 
 def metrics_without_time(run: Path) -> list[dict[str, str]]:
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def test_killed_mid_epoch_then_resumed_is_bit_identical(uninterrupted, tmp_path,
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     run = only_run(tmp_path, "killed")
-    position = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["position"]
+    position = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
     else:  # SIGTERM: the run saved a checkpoint at the step it was on, and said so
@@ -97,9 +99,16 @@ def test_killed_mid_epoch_then_resumed_is_bit_identical(uninterrupted, tmp_path,
         [*MLENV, "train", "--resume-run", str(run)], capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert a["position"] == b["position"]
+    # it started at the checkpoint, not from scratch: it says where, and ran only what was left
+    step = position["global_step"]
+    assert f"(optimizer step {step})" in resumed.stdout, resumed.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    a = load_checkpoint(uninterrupted / "checkpoints" / "last.pt")
+    b = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert summary["steps_run"] == a["state"]["global_step"] - step
+    keys = ("epoch", "batch_in_epoch", "global_step")
+    assert [a["state"][k] for k in keys] == [b["state"][k] for k in keys]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert metrics_without_time(uninterrupted) == metrics_without_time(run)
@@ -108,20 +117,20 @@ def test_killed_mid_epoch_then_resumed_is_bit_identical(uninterrupted, tmp_path,
 def test_resume_mid_epoch_checkpoint_position(uninterrupted):
     """At least the step checkpoints of that run are mid-epoch: 40 batches, saved every 7 steps."""
     state = load_checkpoint(uninterrupted / "checkpoints" / "last.pt")
-    assert state["format_version"] == 1
+    assert state["format_version"] == 2
     assert set(state) >= {
         "model",
         "optimizer",
         "scheduler",
         "scaler",
         "rng",
-        "position",
-        "callbacks",
-        "history",
+        "state",
+        "grads",
         "config",
-        "epoch_sums",
+        "extra",
     }
-    assert state["config"]["recipe"] == "digits-mlp"
+    assert set(state["state"]) >= {"epoch", "batch_in_epoch", "global_step", "sums", "history"}
+    assert state["config"]["recipe"]["name"] == "digits-mlp"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,14 +164,35 @@ def test_error_cases(trained_run, tmp_path, capsys):
     newer = tmp_path / "newer.pt"
     state = torch.load(last, weights_only=True)
     torch.save({**state, "format_version": 99}, newer)
+    digest = state.pop("sha256")
     code_inside = tmp_path / "code.pt"
-    torch.save({"model": {}, "format_version": 1, "payload": Path("x")}, code_inside)
+    torch.save({"model": {}, "format_version": 2, "payload": Path("x")}, code_inside)
+    text = tmp_path / "notes.pt"
+    text.write_text("epoch 3: loss 0.21\n" * 20)
+    no_config = tmp_path / "no_config.pt"
+    torch.save({"model": state["model"], "format_version": 2}, no_config)
+    tampered = tmp_path / "tampered.pt"  # a weight changed after the digest was taken
+    first = next(iter(state["model"]))
+    edited = {**state["model"], first: state["model"][first].clone()}
+    edited[first].view(-1)[0] += 1e-3
+    torch.save({**state, "model": edited, "sha256": digest}, tampered)
+    flipped = tmp_path / "flipped.pt"  # one bit of a weight flipped in the file's bytes
+    raw = bytearray(last.read_bytes())
+    weight_bytes = state["model"][first].numpy().tobytes()
+    at = bytes(raw).find(weight_bytes[:64])
+    assert at > 0
+    raw[at + 10] ^= 0x04
+    flipped.write_bytes(bytes(raw))
     cases = [
         (["--weights", str(truncated)], f"{truncated}: corrupt or truncated checkpoint"),
         (["--weights", str(empty)], f"{empty}: the file is empty (truncated checkpoint)"),
         (["--weights", str(garbage)], f"{garbage}: corrupt or truncated checkpoint"),
         (["--weights", str(newer)], f"{newer}: checkpoint format version 99 is newer"),
         (["--weights", str(code_inside)], f"{code_inside}: refused to load"),
+        (["--weights", str(text)], f"{text}: corrupt or truncated checkpoint"),
+        (["--weights", str(no_config)], f"{no_config}: not an mlenv checkpoint"),
+        (["--weights", str(tampered)], f"{tampered}: integrity check failed"),
+        (["--weights", str(flipped)], f"{flipped}: integrity check failed"),
         (["--weights", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint file"),
         (
             ["--weights", str(last), "--hidden", "64,64"],
@@ -214,23 +244,23 @@ def test_test_command_reproduces_the_run_metrics(trained_run, capsys):
 def test_compiled_model_checkpoint_loads_into_plain_model(tmp_path):
     data = DATASETS.create("digits", seed=0)
     run = Run(tmp_path / "run")
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     config = TrainConfig(epochs=1, compile=True, progress=False, threads=1)
-    trainer = ClassificationTrainer(config, model, run=run)
+    trainer = Trainer(config, model, task=ClassificationTask(), run=run)
     trainer.fit(data.train, data.val)
     state = load_checkpoint(run.checkpoints / "last.pt")
     assert not any(
         k.startswith("_orig_mod.")
         for k in torch.load(run.checkpoints / "last.pt", weights_only=True)["model"]
     )
-    plain = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    plain = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     load_model_state(plain, state["model"], "last.pt")
     x = data.test[0]
     assert torch.allclose(plain(x), model(x), atol=1e-6)
     # a checkpoint written by other tools with the prefix loads too
     prefixed = {f"_orig_mod.{k}": v for k, v in state["model"].items()}
-    other = create_model("mlp", in_features=64, hidden=[32], out_features=10)
-    save_checkpoint(tmp_path / "prefixed.pt", {"model": prefixed})
+    other = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
+    save_checkpoint(tmp_path / "prefixed.pt", {"model": prefixed, "config": {}, "state": {}})
     load_model_state(other, load_checkpoint(tmp_path / "prefixed.pt")["model"], "prefixed.pt")
     assert torch.equal(other(x), plain(x))
 
@@ -254,11 +284,16 @@ def test_early_stopping_on_a_known_sequence():
     stopper = EarlyStopping(patience=2, mode="min", min_delta=0.01)
     sequence = [1.0, 0.8, 0.795, 0.79, 0.85]
     reasons = [stopper.update(v) for v in sequence]
-    # 0.795 and 0.79 do not beat 0.8 by more than 0.01: two bad epochs are allowed, the third stops
-    assert reasons[:4] == [None, None, None, None]
-    assert reasons[4] == "no improvement in val_loss for 2 epochs (best 0.8 at epoch 2)"
-    maxed = EarlyStopping(patience=0, mode="max", monitor="val_acc")
-    assert [maxed.update(v) for v in (0.5, 0.6, 0.6)][-1].startswith("no improvement in val_acc")
+    # 0.795 and 0.79 do not beat 0.8 by more than 0.01: the second such epoch stops the run
+    # (Keras and Lightning: stop after exactly `patience` epochs without improvement)
+    assert reasons[:3] == [None, None, None]
+    assert reasons[3] == "no improvement in val_loss for 2 epochs (best 0.8 at epoch 2)"
+    maxed = EarlyStopping(patience=1, mode="max", monitor="val_acc")
+    assert [maxed.update(v) for v in (0.5, 0.6, 0.6)] == [
+        None,
+        None,
+        "no improvement in val_acc for 1 epochs (best 0.6 at epoch 2)",
+    ]
 
 
 def test_early_stopping_in_a_run_is_reported_in_summary(tmp_path, capsys):

@@ -41,7 +41,7 @@ class TwoHeads(Trainer):
 
 def test_trainer_logs_each_term_and_optimises_the_weighted_sum():
     data = DATASETS.create("digits", seed=0)
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     history = (
         TwoHeads(TrainConfig(epochs=3, progress=False), model).fit(data.train, data.val).history
     )

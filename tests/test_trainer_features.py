@@ -11,7 +11,8 @@ from mlenv.errors import TrainingError
 from mlenv.models import create_model
 from mlenv.registry import Registry
 from mlenv.track.run import Run
-from mlenv.train.tasks import ClassificationTrainer
+from mlenv.train.tasks import ClassificationTask
+from mlenv.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,9 @@ def digits():
 
 
 def fit(digits, run=None, **overrides):
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     config = TrainConfig(**{"epochs": 2, "progress": False, "threads": 1, **overrides})
-    trainer = ClassificationTrainer(config, model, run=run)
+    trainer = Trainer(config, model, task=ClassificationTask(), run=run)
     return trainer, trainer.fit(digits.train, digits.val)
 
 
@@ -43,9 +44,12 @@ def test_limit_batches_and_overfit_batches(digits):
 
 @pytest.mark.parametrize("precision", ["bf16", "16"])
 def test_mixed_precision_trains(digits, precision):
-    trainer, result = fit(digits, precision=precision, epochs=3)
+    _, full = fit(digits, precision="32", epochs=5)
+    trainer, result = fit(digits, precision=precision, epochs=5)
     assert trainer.scaler.is_enabled() == (precision == "16")
-    assert result.history[-1]["val_acc"] > 0.8
+    # the same run in fp32 reaches 0.911; reduced precision must land beside it
+    assert abs(result.history[-1]["val_acc"] - full.history[-1]["val_acc"]) <= 0.02
+    assert result.history[-1]["val_acc"] > 0.90
 
 
 def test_clip_by_value(digits):
@@ -59,7 +63,7 @@ def test_threads_chosen_by_model_size(digits):
 
 
 def test_nonfinite_loss_stops_with_step_term_and_layer(digits, tmp_path):
-    class Poisoned(ClassificationTrainer):
+    class Poisoned(Trainer):
         def forward_pass(self, batch):
             if self.epoch == 1 and self.batch_in_epoch == 4:
                 with torch.no_grad():
@@ -67,15 +71,18 @@ def test_nonfinite_loss_stops_with_step_term_and_layer(digits, tmp_path):
             return super().forward_pass(batch)
 
     run = Run(tmp_path / "run")
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
-    trainer = Poisoned(TrainConfig(epochs=3, progress=False), model, run=run)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
+    trainer = Poisoned(
+        TrainConfig(epochs=3, progress=False), model, task=ClassificationTask(), run=run
+    )
     with pytest.raises(TrainingError) as info:
         trainer.fit(digits.train, digits.val)
     message = str(info.value)
     assert "non-finite loss at epoch 2, step 45: term 'loss' = nan" in message
     assert "parameter net.2.weight is already non-finite" in message
     state = torch.load(run.checkpoints / "last.pt", weights_only=True)  # the good epoch-1 one
-    assert state["position"] == {"epoch": 1, "batch": 0, "global_step": 40}
+    position = {k: state["state"][k] for k in ("epoch", "batch_in_epoch", "global_step")}
+    assert position == {"epoch": 1, "batch_in_epoch": 0, "global_step": 40}
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
@@ -83,8 +90,10 @@ def test_nonfinite_input_names_first_layer(digits):
     x, y = digits.train
     x = x.clone()
     x[5, 3] = float("inf")
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
-    trainer = ClassificationTrainer(TrainConfig(epochs=1, progress=False, batch_size=2000), model)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
+    trainer = Trainer(
+        TrainConfig(epochs=1, progress=False, batch_size=2000), model, task=ClassificationTask()
+    )
     with pytest.raises(TrainingError, match=r"first non-finite output: net\.0 \(Linear\)"):
         trainer.fit((x, y))
 
@@ -117,11 +126,13 @@ def test_registry_rejects_duplicates_and_suggests_names():
 
 def test_divergence_stops_at_once_with_the_reason(digits, tmp_path):
     run = Run(tmp_path / "run")
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     config = TrainConfig(
         epochs=5, lr=50.0, optimizer="sgd", divergence_threshold=10.0, progress=False
     )
-    result = ClassificationTrainer(config, model, run=run).fit(digits.train, digits.val)
+    result = Trainer(config, model, task=ClassificationTask(), run=run).fit(
+        digits.train, digits.val
+    )
     assert result.stop_reason.startswith("diverged: training loss")
     assert "> divergence_threshold 10" in result.stop_reason
     assert len(result.history) < 5

@@ -12,18 +12,18 @@ from mlenv.config import TrainConfig
 from mlenv.data import DATASETS
 from mlenv.data.batching import epoch_permutation
 from mlenv.models import create_model
-from mlenv.train.tasks import ClassificationTrainer
+from mlenv.train.tasks import ClassificationTask
+from mlenv.train.trainer import Trainer
 
 SEED, EPOCHS, BATCH, LR = 3, 4, 32, 1e-3
 
 
 def raw_loop(x, y, x_val, y_val):
     """What a researcher writes by hand, with the Trainer's documented data order."""
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
-    model.init_weights()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)  # the Trainer's choice
     criterion = nn.CrossEntropyLoss()
     losses = []
@@ -54,7 +54,7 @@ def test_trainer_equals_raw_loop():
     (x, y), (xv, yv) = data.train, data.val
     raw_losses, raw_model = raw_loop(x, y, xv, yv)
 
-    model = create_model("mlp", in_features=64, hidden=[32], out_features=10)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[32], out_features=10)
     config = TrainConfig(
         epochs=EPOCHS,
         lr=LR,
@@ -65,7 +65,7 @@ def test_trainer_equals_raw_loop():
         progress=False,
     )
     # validate on the whole val set as one batch, like the raw loop
-    history = ClassificationTrainer(config, model).fit((x, y), (xv, yv)).history
+    history = Trainer(config, model, task=ClassificationTask()).fit((x, y), (xv, yv)).history
     for row, (raw_train, _) in zip(history, raw_losses, strict=True):
         assert abs(row["train_loss"] - raw_train) < 1e-6
     # the val mean over batches of 32 equals the one-batch mean (sample-weighted means)

@@ -44,7 +44,7 @@ class EarlyStopping:
             self.best, self.best_epoch, self.bad_epochs = value, self.epochs_seen, 0
             return None
         self.bad_epochs += 1
-        if self.bad_epochs == self.patience:
+        if self.bad_epochs >= self.patience:
             return (
                 f"no improvement in {self.monitor} for {self.patience} epochs "
                 f"(best {self.best:.6g} at epoch {self.best_epoch})"

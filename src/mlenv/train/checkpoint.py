@@ -162,7 +162,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"this one reads version {FORMAT_VERSION} (retrain, or use the older mlenv)"
         )
     stored = state.pop("sha256", None)
-    if stored is None or state_digest(state) != stored:
+    if stored is None:
+        raise CheckpointError(f"{path}: not an mlenv checkpoint (it carries no SHA-256 digest)")
+    if state_digest(state) != stored:
         raise CheckpointError(
             f"{path}: integrity check failed: the contents do not match their SHA-256 "
             "(the file was damaged or edited after it was written)"

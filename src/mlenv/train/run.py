@@ -129,6 +129,13 @@ def run_recipe(
     if checkpoint is not None:
         trainer.resume_with(checkpoint, resume_path)
     trainer.prepare(bundle.train, bundle.val)  # set-up, resume, monitor check: may raise
+    if trainer.resumed_at is not None:
+        at = trainer.resumed_at
+        print(
+            f"resumed from {resume_path} at epoch {at['epoch'] + 1}, batch "
+            f"{at['batch_in_epoch']} (optimizer step {at['global_step']})",
+            file=out,
+        )
     for key, value in bundle.info.items():
         print(f"{key}: {value}", file=out)
     if run is None:
@@ -196,6 +203,7 @@ def _train_and_summarise(
         "device": str(trainer.device),
         "threads": trainer.threads,
         "parameters": trainer.parameter_count,
+        "steps_run": trainer.steps_run,  # by this process: all of them unless resumed
         "seconds": round(time.time() - started, 2),
     }
     summary.update({k: v for k, v in result.last.items() if k not in ("epoch", "seconds")})

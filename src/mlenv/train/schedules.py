@@ -49,7 +49,9 @@ class LRSchedule:
         self.step_size = config.step_size
         self.gamma = config.gamma if config.gamma is not None else DEFAULT_GAMMA.get(self.kind, 0.1)
         self.min_lr = config.min_lr
-        self.mode = config.mode
+        from mlenv.config import resolve_mode
+
+        self.mode = resolve_mode(config.monitor, config.mode) if self.kind == "plateau" else "min"
         self.plateau_patience = config.plateau_patience
         self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
         for group, lr in zip(optimizer.param_groups, self.base_lrs, strict=True):

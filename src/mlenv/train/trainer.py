@@ -156,6 +156,8 @@ class Trainer:
         self._prepared: tuple[Any, tuple[Batches, Batches | None]] | None = None
         self._has_val = False
         self._batch_metric_names: list[str] = []
+        self.steps_run = 0  # optimizer steps taken by this process (a resume proves its start)
+        self.resumed_at: dict[str, int] | None = None
 
     # Loop position, kept in ``state`` (these names are what the loop and the docs use).
     @property
@@ -340,6 +342,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         s.global_step += 1
+        self.steps_run += 1
         self.scheduler.step()
         if self.run is not None:
             step = s.global_step
@@ -766,6 +769,11 @@ class Trainer:
             params[name].grad = grad.to(params[name].device)
         self.load_extra_state(checkpoint.get("extra", {}))
         restore_rng_state(checkpoint["rng"])
+        self.resumed_at = {
+            "epoch": s.epoch,
+            "batch_in_epoch": s.batch_in_epoch,
+            "global_step": s.global_step,
+        }
 
     def _save_and_exit(self) -> None:
         if self.run is not None:
