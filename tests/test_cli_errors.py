@@ -50,6 +50,10 @@ def ws(tmp_path, monkeypatch):
     (run / "config.yaml").write_text("recipe: digits-mlp\n")
     (run / "summary.json").write_text(json.dumps({"run_id": run.name, "status": "finished"}))
     Store(tmp_path / "mlenv.db").close()
+    (tmp_path / "corrupt.db").write_bytes(b"SQLite format 3\0" + b"garbage" * 200)
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "project").mkdir()  # one run-folder marker alone: a user's project, not a run
+    (tmp_path / "project" / "config.yaml").write_text("mine: 1\n")
     monkeypatch.chdir(tmp_path / "cwd")
     return tmp_path
 
@@ -108,6 +112,14 @@ CASES = [
     ("parity-not-golden", ["parity", "{ws}/empty", "{ws}/other"], 2, ["no manifest.json"]),
     ("store-is-folder", ["runs", "list", "--store", "{ws}"], 2, ["--store", "is a folder"]),
     ("store-not-sqlite", ["runs", "list", "--store", "{ws}/notes.txt"], 2, ["not an experiment"]),
+    ("store-corrupt", ["runs", "list", "--store", "{ws}/corrupt.db"], 2, ["not a database"]),
+    (
+        "store-before-action",
+        ["runs", "--store", "{ws}/notes.txt", "list"],
+        2,
+        ["not an experiment"],
+    ),
+    ("config-is-folder", ["args", "{ws}/folder.yaml"], 2, ["folder.yaml", "directory"]),
     ("store-missing", ["compare", "a", "b", "--store", "{ws}/nope.db"], 2, ["does not exist"]),
     ("compare-one-group", ["compare", "a", *STORE], 2, ["at least two groups"]),
     ("compare-alpha", ["compare", "a", "b", "--alpha", "2", *STORE], 2, ["--alpha", "(0, 1)"]),
@@ -232,9 +244,50 @@ def test_write_refusals_are_overridable_where_safe(ws, capsys):
     assert check_output_file(deep, mkdir=True) == deep and deep.parent.is_dir()
     assert check_output_file("below/here/p.csv") == Path("below/here/p.csv")
     assert Path("below/here").is_dir()
+    assert check_output_file(ws / "project" / "preds.csv") == ws / "project" / "preds.csv"
     assert check_output_dir(ws / "nonempty", force=True) == ws / "nonempty"
     assert check_output_dir(ws / "outside" / "new") == ws / "outside" / "new"
     assert (ws / "nonempty" / "mine.txt").read_bytes() == b"mine\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real tabular run, so that a missing check would really overwrite the file."""
+    folder = tmp_path_factory.mktemp("trained")
+    rows = "".join(f"{i},{(i * 7) % 11},{i % 3},{'yes' if i % 2 else 'no'}\n" for i in range(60))
+    (folder / "data.csv").write_text("a,b,c,label\n" + rows)
+    argv = ["train", "tabular-binary", "--data", str(folder / "data.csv"), "--epochs", "2"]
+    assert main([*argv, "--runs_dir", str(folder / "runs"), "--progress", "false"]) == 0
+    (run,) = (folder / "runs" / "tabular-binary").iterdir()
+    os.symlink(folder / "data.csv", folder / "data-symlink.csv")
+    os.link(folder / "data.csv", folder / "data-hardlink.csv")
+    return folder, run
+
+
+def test_predict_never_overwrites_its_input_or_a_run(trained, capsys, monkeypatch):
+    folder, run = trained
+    monkeypatch.chdir(folder)
+    before = snapshot(folder)
+    predict = ["predict", "--weights", str(run), "--data", str(folder / "data.csv"), "--force"]
+    for out in (
+        folder / "data.csv",
+        folder / "data-symlink.csv",
+        folder / "data-hardlink.csv",
+        run / "summary.json",
+        run / "checkpoints" / "last.pt",
+    ):
+        assert main([*predict, "--out", str(out)]) == 2, out
+        assert "mlenv: error: --out" in capsys.readouterr().err
+    golden = ["export", "golden", "--weights", str(run), "--force", "--out"]
+    assert main([*golden, str(run)]) == 2
+    assert main([*golden, str(run / "plots")]) == 2
+    onnx = ["export", "onnx", "--weights", str(run), "--force", "--out"]
+    assert main([*onnx, str(run / "checkpoints" / "best.pt")]) == 2
+    assert main([*onnx, str(run / "model.safetensors")]) == 2
+    capsys.readouterr()
+    assert snapshot(folder) == before  # byte for byte
+    assert main([*predict, "--out", "preds.csv"]) == 0  # the same command does write elsewhere
+    assert (folder / "preds.csv").read_text().startswith("line,")
 
 
 def test_compare_passes_unpaired(ws, capsys):

@@ -268,3 +268,13 @@ def test_delete_with_stdin_closed_deletes_nothing(tmp_path):
     ]
     assert "20261122-130000-0000dd" in proc.stdout and str(folder) in proc.stdout
     assert files(folder) == before
+
+
+def test_a_short_prefix_matching_one_run_is_still_refused(tmp_path, capsys):
+    db = tmp_path / "mlenv.db"
+    folder = record(db, "20261122-140000-0000ee", tmp_path / "only")
+    before = files(folder)
+    for argv in (["show", "20261"], ["delete", "20261", "--yes"]):
+        assert main(["runs", *argv, "--store", str(db)]) == 2
+        assert "at least 6 characters" in capsys.readouterr().err
+    assert files(folder) == before
