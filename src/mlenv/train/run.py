@@ -269,7 +269,8 @@ class LoadedRun:
 def load_run(
     path: str | Path, overrides: list[str] | None = None, prog: str = "mlenv"
 ) -> LoadedRun:
-    """A trained run (its folder or a checkpoint file): configuration from the checkpoint (the
+    """A trained run (its folder, which means the checkpoint its test metrics came from: best.pt
+    or last.pt, or a checkpoint file): configuration from the checkpoint (the
     recipe is inlined, so a run from the user's own recipe file loads anywhere), the model built
     from it and the data's preprocessing, the weights loaded. No training data is read.
 
@@ -278,7 +279,12 @@ def load_run(
     from mlenv.config import recipe_from_config, resolve
     from mlenv.train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
 
-    checkpoint_path = resolve_checkpoint(str(path), None)
+    folder = Path(path)
+    best = folder / "checkpoints" / "best.pt"
+    if folder.is_dir() and best.is_file() and _stored_test_on(folder) == "best":
+        checkpoint_path = best  # the weights the run's test metrics came from
+    else:
+        checkpoint_path = resolve_checkpoint(str(path), None)
     checkpoint = load_checkpoint(checkpoint_path)
     base = dict(checkpoint["config"])
     if "recipe" not in base:
@@ -290,6 +296,15 @@ def load_run(
     load_model_state(model, checkpoint["model"], checkpoint_path)
     model.eval()
     return LoadedRun(cfg, model, build_task(cfg), preprocessing, checkpoint_path, checkpoint)
+
+
+def _stored_test_on(folder: Path) -> str:
+    import yaml
+
+    try:
+        return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("test_on", "best")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "best"
 
 
 def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "mlenv") -> tuple:
