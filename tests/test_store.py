@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -15,27 +16,95 @@ from mlenv.bench.experiments import compare_groups
 from mlenv.cli import main
 from mlenv.track.store import Store
 
-WRITER = """
-import sys
-from mlenv.track.store import Store
-store = Store(sys.argv[1])
-run = f"run{sys.argv[2]}"
-store.start_run(run, "concurrency", {"worker": sys.argv[2]})
-for step in range(500):
-    store.log_metrics(run, step, {"loss": step / 500})
-store.finish_run(run, "finished", {"final": 1.0})
-"""
+WRITERS = 8
+STEPS = 300  # optimizer steps per writer, two metric rows each
 
 
-def test_eight_processes_writing_lose_nothing(tmp_path):
-    path = tmp_path / "mlenv.db"
-    Store(path).close()
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(i)]) for i in range(8)]
-    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+def concurrent_writer(path: str, index: int, barrier, out: str) -> None:
+    """One run with STEPS metric transactions, started with the other writers at the barrier;
+    writes each call's (start, end) on the system-wide monotonic clock to ``out``."""
+    from mlenv.track.store import versions
+
+    versions()  # imports torch and numpy now, not in the first timed call
     store = Store(path)
-    assert store.metric_count() == 8 * 500
+    run = f"run{index}"
+    intervals = []
+
+    def timed(call, *args) -> None:
+        start = time.monotonic()
+        call(*args)
+        intervals.append((start, time.monotonic()))
+
+    barrier.wait(timeout=120)
+    timed(store.start_run, run, "concurrency", {"worker": index})
+    for step in range(STEPS):
+        time.sleep(0.001)  # the training step between two logs; lets the 8 writers interleave
+        timed(store.log_metrics, run, step, {"loss": index + step / STEPS, "step": float(step)})
+    timed(store.finish_run, run, "finished", {"final": float(index)})
+    store.close()
+    with open(out, "w") as f:
+        json.dump(intervals, f)
+
+
+def overlapping(mine: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """For each interval in ``mine`` (rows of start, end): does an interval of another process
+    overlap it? Each process's own intervals are sorted and disjoint."""
+    hit = np.zeros(len(mine), dtype=bool)
+    for other in others:
+        # the last interval of ``other`` that starts before each of mine ends
+        last = np.searchsorted(other[:, 0], mine[:, 1], side="left") - 1
+        valid = last >= 0
+        hit[valid] |= other[last[valid], 1] > mine[valid, 0]
+    return hit
+
+
+def test_eight_processes_writing_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "mlenv.db"
+    Store(path).close()  # the schema exists before the writers race
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(WRITERS)
+    outs = [tmp_path / f"intervals{i}.json" for i in range(WRITERS)]
+    procs = [
+        context.Process(target=concurrent_writer, args=(str(path), i, barrier, str(outs[i])))
+        for i in range(WRITERS)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=180)
+    assert [proc.exitcode for proc in procs] == [0] * WRITERS
+
+    # the writes really contended: most transactions of every process overlapped in time with a
+    # transaction of another process (one waited for the write lock while the other held it)
+    intervals = [np.array(json.loads(out.read_text())) for out in outs]
+    assert all(len(i) == STEPS + 2 for i in intervals)
+    assert max(i[0, 0] for i in intervals) < min(i[-1, 1] for i in intervals)  # all at once
+    shares = []
+    for k, mine in enumerate(intervals):
+        others = intervals[:k] + intervals[k + 1 :]
+        shares.append(overlapping(mine, others).mean())
+    print("share of each writer's transactions overlapping another writer's:", shares)
+    assert min(shares) >= 0.5, shares
+    durations = np.concatenate([i[:, 1] - i[:, 0] for i in intervals])
+    assert durations.max() > 10 * np.median(durations)  # some writer waited for the lock
+
+    # every row is there exactly once, with its value
+    store = Store(path)
+    assert store.metric_count() == WRITERS * STEPS * 2
+    for i in range(WRITERS):
+        rows = store.metrics(f"run{i}")
+        keys = [(r["step"], r["name"]) for r in rows]
+        assert len(keys) == len(set(keys)) == STEPS * 2
+        values = {(r["step"], r["name"]): r["value"] for r in rows}
+        for step in range(STEPS):
+            assert values[(step, "loss")] == i + step / STEPS
+            assert values[(step, "step")] == step
     runs = store.runs("concurrency")
-    assert len(runs) == 8 and {r["status"] for r in runs} == {"finished"}
+    assert sorted(r["id"] for r in runs) == sorted(f"run{i}" for i in range(WRITERS))
+    assert {r["status"] for r in runs} == {"finished"}
+    assert {r["id"]: r["summary"]["final"] for r in runs} == {
+        f"run{i}": float(i) for i in range(WRITERS)
+    }
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
