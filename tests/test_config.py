@@ -27,6 +27,13 @@ def run_cli(capsys, *argv):
         (["--epochz", "3"], "unknown key 'epochz' (did you mean 'epochs'?)"),
         (["--warmup-epoch", "1"], "unknown key 'warmup-epoch'"),
         (["--device", "tpu"], "device: accepts auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["--min-lr", "0.1"], "min_lr: must not exceed lr (0.001), got 0.1"),
+        (["--divergence-threshold", "-1"], "divergence_threshold: accepts a number > 0, got -1"),
+        (["--early-stopping", "--patience", "0"], "patience: early stopping needs patience >= 1"),
+        (["--threads", "0"], "threads: accepts a number > 0, got 0"),
+        (["--experiment", "../x"], "experiment: accepts a folder name"),
+        (["--mode", "sideways"], '"mode"'),
+        (["--test-on", "middle"], '"test_on"'),
     ],
 )
 def test_bad_flag_exits_non_zero_naming_the_field(capsys, argv, expected):
@@ -106,3 +113,29 @@ def test_list_commands(capsys):
     assert "digits-mlp" in run_cli(capsys, "list", "recipes")[1]
     code, _, err = run_cli(capsys, "list", "things")
     assert code == 2 and "accepts models, datasets, recipes or trainers" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--threshold", "2"], "threshold: accepts a probability in (0, 1), got 2.0"),
+        (["--threshold", "0"], "threshold: accepts a probability in (0, 1), got 0.0"),
+    ],
+)
+def test_task_options_are_checked_before_training(capsys, tmp_path, shared_data, argv, expected):
+    data = shared_data / "tabular" / "spambase.data"
+    runs = tmp_path / "runs"
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "tabular-binary",
+        "--data",
+        str(data),
+        "--no-header",
+        "--runs-dir",
+        str(runs),
+        *argv,
+    )
+    assert code == 2
+    assert expected in err and err.count("\n") == 1, err
+    assert not runs.exists()
