@@ -105,11 +105,17 @@ def test_welch_t_against_a_hand_welch_satterthwaite_df_and_the_published_sleep_r
     assert r.df == pytest.approx(17.776, rel=1e-4)
     assert r.p_value == pytest.approx(0.07939, rel=1e-3)
     assert r.effect_name == "Cohen's d"
+    # unequal sizes, by hand: s^2/n = 1/3 and (5/3)/4 = 5/12, so se^2 = 3/4 and
+    # df = (3/4)^2 / ((1/3)^2 / 2 + (5/12)^2 / 3) = 243/49
+    r = stats.welch_t([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0])
+    assert r.statistic == pytest.approx((2.0 - 5.5) / math.sqrt(3 / 4), rel=1e-12)
+    assert r.df == pytest.approx(243 / 49, rel=1e-12)
 
 
 def test_wilcoxon_signed_rank_on_hollander_and_wolfe_example():
-    # Hollander & Wolfe (1973), p. 29 (R's ?wilcox.test): Hamilton depression scale factor IV
-    # at the first (x) and second (y) visit; R gives V = 40, p = 0.01953 (one-sided "greater").
+    # Hollander & Wolfe (1973), p. 29 (R's ?wilcox.test, paired example): Hamilton depression
+    # scale factor IV at the first (x) and second (y) visit; R gives V = 40, p = 0.01953
+    # (one-sided "greater").
     x = [1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30]
     y = [0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29]
     # |d| ranked: 0.01 (1), 0.08 (2), 0.147 (3), 0.43 (4), 0.49 (5), 0.59 (6), 0.62 (7),
@@ -127,8 +133,9 @@ def test_wilcoxon_signed_rank_on_hollander_and_wolfe_example():
         stats.wilcoxon([1.0, 2.0], [1.0, 2.0])
 
 
-def test_mann_whitney_u_on_the_r_documentation_example():
-    # R's ?wilcox.test, "Two-sample test": W = 35, p-value = 0.1272 (alternative "greater")
+def test_mann_whitney_u_on_hollander_and_wolfe_example():
+    # Hollander & Wolfe (1973), p. 69 (R's ?wilcox.test, two-sample example): permeability of
+    # the chorioamnion at term (x) and at 12-26 weeks (y); R gives W = 35, p = 0.1272 ("greater")
     x = [0.80, 0.83, 1.89, 1.04, 1.45, 1.38, 1.91, 1.64, 0.73, 1.46]
     y = [1.15, 0.88, 0.90, 0.74, 1.21]
     # U of x = pairs with x > y, counted per x: 1, 1, 5, 3, 5, 5, 5, 5, 0, 5 = 35
@@ -271,17 +278,23 @@ def test_parse_seeds_refuses(spec, message):
 def test_repeat_refuses_a_duplicate_seed_before_running_anything():
     with pytest.raises(ConfigError, match="seed 1 is given more than once"):
         repeat(None, [1, 2, 1], [], "dup")
+    with pytest.raises(ConfigError, match="seeds are integers >= 0, got -1"):
+        repeat(None, [-1, 2], [], "negative")
 
 
 # ---------------------------------------------------------------------------------------------
 # compare through a real store
 
 
-def add_group(store, name, kind, values, plan=None, config=None, reverse=False):
-    """A group of finished runs whose summary holds ``test_acc`` = ``values[member]``."""
+def add_group(store, name, kind, values, plan=None, config=None, shuffle=None):
+    """A group of finished runs whose summary holds ``test_acc`` = ``values[member]``, written
+    in the order of ``values`` or, with ``shuffle`` (a seed), in a random order."""
     group = store.create_group(name, kind, "synthetic", plan or {})
-    for member, value in (reversed if reverse else iter)(list(values.items())):
-        run_id = f"{name}-{member}"
+    items = list(values.items())
+    if shuffle is not None:
+        items = [items[i] for i in np.random.default_rng(shuffle).permutation(len(items))]
+    for position, (member, value) in enumerate(items):
+        run_id = f"{name}-{position:03d}"  # the store lists runs in this order
         store.start_run(run_id, name, config or {}, group_id=group, member=member)
         store.finish_run(run_id, "finished", {"test_acc": value})
     return group
@@ -298,8 +311,8 @@ def cv_members(values, folds, repeats):
 
 def test_compare_repeat_groups_uses_the_paired_t_test(tmp_path, capsys):
     store = Store(tmp_path / "mlenv.db")
-    add_group(store, "drug2", "repeat", seeds(SLEEP_2))
-    add_group(store, "drug1", "repeat", seeds(SLEEP_1), reverse=True)  # paired by name
+    add_group(store, "drug2", "repeat", seeds(SLEEP_2), shuffle=1)  # paired by name, not order
+    add_group(store, "drug1", "repeat", seeds(SLEEP_1), shuffle=2)
     (r,) = compare_groups(store, ["drug2", "drug1"], "test_acc")
     out = capsys.readouterr().out
     assert r["primary"].test == "paired t-test" and r["paired"]
@@ -307,6 +320,7 @@ def test_compare_repeat_groups_uses_the_paired_t_test(tmp_path, capsys):
     assert "test: paired t-test, because each seed gives one independent pair of runs" in out
     assert "paired t-test: t(9) = 4.0621, p = 0.002833" in out
     assert "paired by seed (n=10)" in out
+    assert r["interval"] == ("bootstrap", stats.bootstrap_diff_ci(SLEEP_2, SLEEP_1, paired=True))
 
 
 def test_compare_cv_groups_uses_the_corrected_resampled_t_test(tmp_path, capsys):
@@ -329,6 +343,10 @@ def test_compare_cv_groups_uses_the_corrected_resampled_t_test(tmp_path, capsys)
     assert "n_test/n_train = 1/4" in out
     assert f"corrected resampled t-test: t(9) = {corrected_t:.4f}, p = {p:.4g}" in out
     assert "paired by repeat and fold (J=10: 2 repeats x 5 folds)" in out
+    half = 2.262 * math.sqrt((1 / 10 + 1 / 4) * var)  # t_{0.975,9} = 2.262 (t table)
+    assert r["interval"][0] == "corrected-t"
+    low, high = r["interval"][1]
+    assert ((low + high) / 2, (high - low) / 2) == pytest.approx((0.015, half), rel=2e-4)
     # the plain paired t-test would call this significant; the corrected one does not
     assert plain_p < 0.05 < p
     assert "difference is not significant" in out
@@ -408,6 +426,7 @@ def test_compare_unpaired_uses_welch_and_mann_whitney(tmp_path, capsys):
     assert "Welch's t-test: t(17.78) = -1.8608, p = 0.07939" in out
     assert "test: Welch's t-test, because an unpaired comparison was asked for" in out
     assert "unpaired (n=10 and n=10)" in out
+    assert r["interval"] == ("bootstrap", stats.bootstrap_diff_ci(SLEEP_1, SLEEP_2, paired=False))
     (r,) = compare_groups(store, ["drug1", "drug2-few"], "test_acc", unpaired=True)
     assert r["primary"].test == "Welch's t-test"
     assert "unpaired (n=10 and n=7)" in capsys.readouterr().out

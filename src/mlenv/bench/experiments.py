@@ -333,7 +333,8 @@ def compare_groups(
     paired member by member (seed, or repeat and fold) and refused if they cannot be, unless
     ``unpaired``.
 
-    >>> compare_groups(Store("runs/mlenv.db"), ["mlp-64-32", "mlp-16"], "test_acc")  # doctest: +SKIP
+    >>> store = Store("runs/mlenv.db")  # doctest: +SKIP
+    >>> compare_groups(store, ["mlp-64-32", "mlp-16"], "test_acc")  # doctest: +SKIP
     """
     if len(specs) < 2:
         raise ConfigError("compare: give at least two groups")

@@ -118,7 +118,8 @@ def corrected_resampled_t(
     share, which make their scores correlated; without it (the plain paired t-test) the test
     rejects far too often.
 
-    >>> round(corrected_resampled_t([3.0, 5.0, 7.0], [1.0, 2.0, 3.0], 0.5).statistic, 4)  # 3 / sqrt(5/6)
+    >>> d = corrected_resampled_t([3.0, 5.0, 7.0], [1.0, 2.0, 3.0], 0.5)  # d = 2, 3, 4
+    >>> round(d.statistic, 4)  # 3 / sqrt((1/3 + 1/2) * 1)
     3.2863
     """
     d = _differences(a, b, "corrected_resampled_t")
