@@ -275,7 +275,7 @@ def test_parse_seeds_refuses(spec, message):
     assert "\n" not in str(err.value)
 
 
-def test_repeat_refuses_a_duplicate_seed_before_running_anything():
+def test_repeat_refuses_duplicate_or_negative_seeds_before_running_anything():
     with pytest.raises(ConfigError, match="seed 1 is given more than once"):
         repeat(None, [1, 2, 1], [], "dup")
     with pytest.raises(ConfigError, match="seeds are integers >= 0, got -1"):
