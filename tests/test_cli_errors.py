@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +37,9 @@ def ws(tmp_path, monkeypatch):
     (tmp_path / "exists.csv").write_bytes(b"keep me\n")
     (tmp_path / "notes.txt").write_bytes(b"not a store\n")
     os.mkfifo(tmp_path / "fifo")
+    # a reader keeps the FIFO open, so a command that wrongly writes to it goes on (and the test
+    # sees the bytes) instead of blocking forever
+    reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
     for name in ("golden", "other"):
         (tmp_path / name).mkdir()
         weights = {"layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
@@ -55,7 +59,21 @@ def ws(tmp_path, monkeypatch):
     (tmp_path / "project").mkdir()  # one run-folder marker alone: a user's project, not a run
     (tmp_path / "project" / "config.yaml").write_text("mine: 1\n")
     monkeypatch.chdir(tmp_path / "cwd")
-    return tmp_path
+    yield tmp_path
+    os.close(reader)
+
+
+def fifo_untouched(path: Path) -> bool:
+    """Still a FIFO, and nothing was written into it."""
+    if not stat.S_ISFIFO(os.lstat(path).st_mode):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return os.read(fd, 1) == b""
+    except BlockingIOError:  # a writer still holds it open, with nothing written
+        return True
+    finally:
+        os.close(fd)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -192,6 +210,7 @@ def test_one_line_error_and_nothing_changed(ws, capsys, argv, code, words):
     for word in words:
         assert word in out + err, (word, err)
     assert snapshot(ws) == before  # no file changed, created or lost
+    assert fifo_untouched(ws / "fifo")
     assert not (ws / "outside" / "a").exists()
 
 
