@@ -75,7 +75,10 @@ def train_vae_watched(tmp_path, replace=None):
         handle.remove()
     (summary_file,) = runs.glob("digits-vae/*/summary.json")
     summary = json.loads(summary_file.read_text())
-    n_train, n_val, n_test = summary["data"]["sizes"]
+    sizes = summary["data"]["sizes"]
+    if isinstance(sizes, dict):
+        sizes = [sizes[k] for k in ("train", "val", "test")]
+    n_train, n_val, n_test = sizes
     # the last epoch's training forwards (the only ones with gradients), then validation and test
     end = max(i for i, (grad, _) in enumerate(calls) if grad) + 1
     start = end
