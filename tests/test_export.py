@@ -215,6 +215,7 @@ def test_batch_size_larger_than_the_data_is_one_line_naming_the_rows(trained, tm
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         assert "--batch-size" in err and f"only {rows} rows" in err, err
+    argv = ["export", "golden", "--weights", str(run), "--out", str(tmp_path / "all")]
     assert main([*argv, "--batch-size", str(rows)]) == 0  # every row is fine
 
 
