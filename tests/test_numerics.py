@@ -153,11 +153,6 @@ def test_precision_sets_the_dtype_of_activations_inside_forward_pass(precision, 
     assert trainer.dtypes == [dtype]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the non-finite diagnosis re-runs forward_pass without autocast, so an fp16 overflow "
-    "is not found; fix: Trainer._nonfinite passes `lambda: self.compute_loss(batch)`",
-)
 def test_an_fp16_overflow_is_named_by_the_nonfinite_diagnosis():
     from mlenv.errors import TrainingError
 

@@ -380,7 +380,8 @@ class Trainer:
 
         bad = [name for name in terms if not math.isfinite(values[name])] or ["loss"]
         batch = self._current_batch
-        layer = first_nonfinite_layer(self.model, lambda: self.forward_pass(batch))
+        # under the same autocast as the failing step: an fp16 overflow happens only there
+        layer = first_nonfinite_layer(self.model, lambda: self.compute_loss(batch))
         kept = " (the last good checkpoint is untouched)" if self.run is not None else ""
         raise TrainingError(
             f"non-finite loss at epoch {self.epoch + 1}, step {self.global_step + 1}: "
