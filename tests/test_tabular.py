@@ -48,8 +48,8 @@ def test_spambase_default_recipe(shared_data, tmp_path, capsys):
         "--save_split",
         str(tmp_path / "split"),
     )
-    # the recipe's defaults (20 epochs, lr 1e-3, validation carved from the training rows):
-    # 0.9533 at seed 0 when written; logistic regression on the same split 0.9349
+    # the recipe's defaults (20 epochs, lr 5e-4, validation carved from the training rows):
+    # 0.9522 at seed 0 when written (seeds 0-4: 0.9327-0.9522); logistic regression 0.9349
     assert summary["test_acc"] >= 0.935
     assert summary["test_acc"] > summary["baseline_logreg_test_acc"]
     assert summary["epochs"] == 20 and summary["threads"] == 1
