@@ -353,6 +353,12 @@ def test_builders_raise_config_errors_directly():
             create_model(name, **kwargs)
 
 
+def test_a_header_of_column_positions_is_a_header(tmp_path):
+    """pandas writes 0,1,2 as the header of a frame made from an array: names, not data."""
+    table = read_table(csv(tmp_path, rows(), header="0,1,2"))
+    assert table.columns == ["0", "1"] and table.target == "2" and len(table.labels) == 40
+
+
 def test_na_values_lets_none_be_a_label(tmp_path, capsys):
     data = csv(tmp_path, rows(label=lambda i: ["none", "some"][i % 2]))
     table = read_table(data, na_values="")

@@ -255,11 +255,17 @@ def _check_header(names: list[str], frame: pd.DataFrame, path: Path) -> None:
             )
         seen.add(name)
     # the first line is a data row when each field is a number or a value its column holds
-    # below (a label such as 'g'), and at least one is a number
+    # below (a label such as 'g'), and at least one is a number; the column positions
+    # 0, 1, 2, ... (or 1, 2, 3, ...) are names: what pandas writes for a frame made from an array
     numbers = [_is_number(n) for n in names]
-    if any(numbers) and all(
-        number or name in set(frame.iloc[:, j].str.strip())
-        for j, (name, number) in enumerate(zip(names, numbers, strict=True))
+    positions = [[str(i + start) for i in range(len(names))] for start in (0, 1)]
+    if (
+        names not in positions
+        and any(numbers)
+        and all(
+            number or name in set(frame.iloc[:, j].str.strip())
+            for j, (name, number) in enumerate(zip(names, numbers, strict=True))
+        )
     ):
         shown = ",".join(names[:6]) + (",..." if len(names) > 6 else "")
         raise DataError(
