@@ -296,3 +296,33 @@ def test_run_from_a_users_recipe_file_is_self_contained(tmp_path, shared_data, c
     assert main(["export", "onnx", "--weights", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
     assert train(runs, "--resume-run", str(run), "--epochs", "3") == 0
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+
+def test_test_reads_the_file_trained_on_and_warns_when_it_changed(
+    tmp_path, shared_data, capsys, monkeypatch
+):
+    spam = shared_data / "tabular" / "spambase.data"
+    magic = shared_data / "tabular" / "magic04.data"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(spam, tmp_path / "a" / "data.csv")
+    shutil.copy(magic, tmp_path / "b" / "data.csv")  # same relative name, other data
+    runs = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path / "a")
+    argv = ["tabular-binary", "--data", "data.csv", "--no-header", "--epochs", "2"]
+    assert train(runs, *argv) == 0
+    (run,) = runs_of(runs, "tabular-binary")
+    summary = json.loads((run / "summary.json").read_text())
+    monkeypatch.chdir(tmp_path / "b")  # here, data.csv is magic04
+    capsys.readouterr()
+    assert main(["test", "--weights", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert f"test_acc        {summary['test_acc']:.4f}" in out and "warning" not in err
+    with (tmp_path / "a" / "data.csv").open("a") as f:  # the trained-on file changes
+        f.write(spam.read_text().splitlines()[0] + "\n")
+    assert main(["test", "--weights", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "mlenv: warning:" in err and "is not the file the model was trained on" in err
+    assert main(["test", "--weights", str(run), "--data", "data.csv"]) == 2  # magic04: 10 columns
+    err = capsys.readouterr().err
+    assert "has 10 feature columns; the model was trained on 57" in err and err.count("\n") == 1

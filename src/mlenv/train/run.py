@@ -317,11 +317,24 @@ def load_trained(weights: str, overrides: list[str] | None = None, prog: str = "
 def evaluate_run(
     weights: str, overrides: list[str] | None = None, prog: str = "mlenv test"
 ) -> dict[str, Any]:
-    """Evaluate a trained run on its recipe's test split (rebuilt from the stored configuration
-    and seed); warns when the data file differs from the one trained on."""
+    """Evaluate a trained run on its recipe's test split, rebuilt from the stored configuration
+    and seed. A CSV is read from the absolute path it was trained on (not relative to the current
+    folder) unless ``--data`` names another; a file whose contents differ from the one trained on
+    gives a warning (``"warning"`` in the result), other columns an error."""
+    overrides = list(overrides or [])
     loaded = load_run(weights, overrides, prog)
-    warning = _data_warning(loaded)
+    trained = loaded.preprocessing
+    given = any(a.split("=")[0] == "--data" for a in overrides)
+    if trained.get("data_path") and not given:
+        overrides += ["--data", str(trained["data_path"])]
+        loaded = load_run(weights, overrides, prog)
     bundle = build_data(loaded.config)
+    warning = None
+    if trained.get("kind") == "tabular":
+        from mlenv.data.tabular import check_same_columns, check_same_data
+
+        check_same_columns(bundle.state, trained)
+        warning = check_same_data(loaded.config.data["data"], trained)
     split = bundle.test if bundle.test is not None else bundle.val
     if split is None:
         raise ConfigError(f"test: the run {weights} has neither a test nor a validation split")
@@ -331,17 +344,6 @@ def evaluate_run(
     if warning:
         out["warning"] = warning
     return out
-
-
-def _data_warning(loaded: LoadedRun) -> str | None:
-    path = loaded.preprocessing.get("data_path")
-    if not path:
-        return None
-    try:
-        from mlenv.data.tabular import check_same_data
-    except ImportError:
-        return None
-    return check_same_data(path, loaded.preprocessing)
 
 
 def predict_csv(
