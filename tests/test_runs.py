@@ -22,7 +22,7 @@ def test_train_writes_the_run_folder(runs_dir, capsys):
     assert code == 0
     (run,) = (runs_dir / "digits-mlp").iterdir()  # experiment defaults to the recipe's name
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["recipe"] == "digits-mlp" and config["epochs"] == 3
+    assert config["recipe"]["name"] == "digits-mlp" and config["epochs"] == 3
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr"} <= set(rows[0])
