@@ -326,3 +326,39 @@ def test_test_reads_the_file_trained_on_and_warns_when_it_changed(
     assert main(["test", "--weights", str(run), "--data", "data.csv"]) == 2  # magic04: 10 columns
     err = capsys.readouterr().err
     assert "has 10 feature columns; the model was trained on 57" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("runs-dir-is-file", "--runs-dir: {p} exists and is not a folder"),
+        ("runs-dir-in-run", "is inside the run folder"),
+        ("store-is-folder", "--store: {p} is a folder"),
+        ("store-not-sqlite", "--store: {p} cannot be used as the experiment store"),
+    ],
+)
+def test_bad_runs_dir_or_store_is_one_line_and_creates_nothing(tmp_path, capsys, where, expected):
+    runs = tmp_path / "runs"
+    argv = ["digits-mlp", "--epochs", "1"]
+    if where == "runs-dir-is-file":
+        runs.write_text("not a folder\n")
+        target = runs
+    elif where == "runs-dir-in-run":
+        assert train(runs, *argv) == 0
+        (run,) = runs_of(runs, "digits-mlp")
+        target = run / "plots"
+        runs = target
+    elif where == "store-is-folder":
+        target = tmp_path / "store"
+        target.mkdir()
+        argv += ["--store", str(target)]
+    else:
+        target = tmp_path / "store.db"
+        target.write_text("this is text, not SQLite\n" * 100)
+        argv += ["--store", str(target)]
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert train(runs, *argv) == 2
+    err = capsys.readouterr().err
+    assert expected.format(p=target) in err and err.count("\n") == 1, err
+    assert tree(tmp_path) == before

@@ -298,9 +298,10 @@ def cmd_train(argv: list[str]) -> int:
     run_dir = None
     if resume_run:
         recipe, base, run_dir = _resume_run(resume_run)
-        cfg = resolve(
-            recipe, [*argv, "--resume", str(run_dir / "checkpoints" / "last.pt")], base=base
-        )
+        checkpoint, argv = _take_option(argv, "--resume")  # default: the run's last.pt
+        if checkpoint in (None, "last", "best"):
+            checkpoint = str(run_dir / "checkpoints" / f"{checkpoint or 'last'}.pt")
+        cfg = resolve(recipe, [*argv, "--resume", checkpoint], base=base)
     else:
         recipe, rest, base = _recipe_and_rest(argv, "train")
         if "-h" in rest or "--help" in rest:

@@ -15,7 +15,20 @@ from mlenv.errors import MlenvError
 
 # The order a computation happens in: what goes in, each layer, the loss, the backward pass, the
 # step; the stored weights last (a port that loaded them wrong shows up in the first layer).
-SECTIONS = ("inputs", "activations", "loss", "grads", "step", "weights")
+# In the order a port computes them: a divergence in an earlier section explains later ones.
+SECTIONS = (
+    "inputs",
+    "activations",
+    "loss",
+    "grads",
+    "grads_clipped",
+    "step",
+    "grads2",
+    "grads2_clipped",
+    "step2",
+    "optimizer_state",
+    "weights",
+)
 
 
 def load_tensors(folder: Path, name: str) -> dict[str, np.ndarray] | None:

@@ -127,16 +127,25 @@ class Store:
     """``Store(path)``: opens (and creates) the database; every method is one transaction."""
 
     def __init__(self, path: str | Path) -> None:
+        from mlenv.errors import ConfigError
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(SCHEMA)
-        self._ensure_metric_key()
+        if self.path.is_dir():
+            raise ConfigError(f"--store: {self.path} is a folder; give the database file's path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.executescript(SCHEMA)
+            self._ensure_metric_key()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise ConfigError(
+                f"--store: {self.path} cannot be used as the experiment store ({exc})"
+            ) from None
 
     def _ensure_metric_key(self) -> None:
         """One row per (run, step, name). Stores written before this key existed may hold

@@ -141,6 +141,8 @@ def run_recipe(
     if run is None:
         summary = _train_and_summarise(cfg, bundle, trainer, None, out)
         return RunResult(None, trainer.history, summary)
+    if checkpoint is None:
+        check_runs_dir(c.runs_dir)
     store = Store(c.store or Path(c.runs_dir) / "mlenv.db")
     session = RunSession(
         run,
@@ -170,6 +172,23 @@ def run_recipe(
     finally:
         store.close()
     return RunResult(run.path, trainer.history, {**summary, "status": session.status})
+
+
+def check_runs_dir(runs_dir: str | Path) -> None:
+    """``--runs-dir`` must be (or become) a folder of runs: not a file, not inside a run."""
+    import os
+
+    from mlenv.track.outputs import run_folder_of
+
+    path = Path(runs_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--runs-dir: {path} exists and is not a folder")
+    inside = run_folder_of(path)
+    if inside is not None:
+        raise ConfigError(f"--runs-dir: {path} is inside the run folder {inside}; give another")
+    existing = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--runs-dir: cannot create or write in {path} (permission denied)")
 
 
 def latest_run(runs_dir: str | Path, experiment: str, checkpoint: str) -> Path:
