@@ -362,3 +362,49 @@ def test_bad_runs_dir_or_store_is_one_line_and_creates_nothing(tmp_path, capsys,
     err = capsys.readouterr().err
     assert expected.format(p=target) in err and err.count("\n") == 1, err
     assert tree(tmp_path) == before
+
+
+class _RecordingTracker:
+    """A tracker that records whether it was closed (what W&B/MLflow writers must be)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def log(self, values, step) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(None, "finished"), (RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")],
+)
+def test_session_closes_everything_and_records_the_status(tmp_path, error, status):
+    from mlenv.track.run import Run
+    from mlenv.track.session import RunSession
+
+    store = Store(tmp_path / "mlenv.db")
+    run = Run.plan(tmp_path, "exp")
+    tracker = _RecordingTracker()
+    session = RunSession(run, store, experiment="exp", config={"a": 1}, trackers=[tracker])
+    with pytest.raises(type(error)) if error else _nothing(), session:
+        run.log_epoch({"val_loss": 0.5}, 1, 10)  # opens the TensorBoard writer
+        assert (run.path / "run.lock").is_file()
+        if error:
+            raise error
+        session.finish({"val_loss": 0.5})
+    assert tracker.closed and run._writer is None
+    assert not (run.path / "run.lock").exists()
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert (summary["run_id"], summary["status"]) == (run.id, status)
+    assert store.run(run.id)["status"] == status
+    if error is not None:
+        assert "boom" in summary["stop_reason"] or status == "interrupted"
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
