@@ -26,18 +26,9 @@ from typing import Any
 
 from mlenv.errors import ConfigError, MlenvError
 from mlenv.track.run import Run
+from mlenv.track.store import pid_alive
 
 LOCK_NAME = "run.lock"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -55,7 +46,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                alive = holder.get("host") != me["host"] or _pid_alive(int(holder.get("pid", 0)))
+                alive = holder.get("host") != me["host"] or pid_alive(int(holder.get("pid", 0)))
                 if holder and alive and holder.get("pid") != me["pid"]:
                     raise ConfigError(
                         f"run {self.path.parent.name} is in use by process {holder.get('pid')} on "

@@ -113,7 +113,8 @@ def _summary_run_id(path: Path) -> str | None:
     return named.get("run_id") if isinstance(named, dict) else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -349,7 +350,7 @@ class Store:
         rows = self._db.execute(
             "SELECT id, pid FROM runs WHERE status = 'running' AND host = ?", (host,)
         ).fetchall()
-        dead = [r["id"] for r in rows if r["pid"] is not None and not _alive(r["pid"])]
+        dead = [r["id"] for r in rows if r["pid"] is not None and not pid_alive(r["pid"])]
         if dead:
             with self.transaction() as db:
                 db.executemany(
