@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlenv
+import mlenv.errors
 from mlenv import BaseModel, TrainConfig, Trainer, create_model
 from mlenv.data import DATASETS
 
@@ -40,6 +41,35 @@ def test_fit_evaluate_predict_with_any_data_form(wrap):
     logits = trainer.predict(data.test)
     accuracy = (logits.argmax(1) == data.test[1]).float().mean().item()
     assert accuracy > 0.9
+
+
+def _dict_loader(t):
+    rows = [{"x": x, "y": y} for x, y in zip(*t, strict=True)]
+    return DataLoader(rows, batch_size=32, shuffle=True)
+
+
+@pytest.mark.parametrize("form", ["dict of tensors", "loader of dict batches"])
+def test_criterion_without_subclassing_and_dict_batches(form):
+    data = DATASETS.create("digits", seed=0)
+    wrap = {
+        "dict of tensors": lambda t: {"x": t[0], "y": t[1]},
+        "loader of dict batches": _dict_loader,
+    }[form]
+    model = create_model("mlp", seed=0, in_features=64, hidden=[64], out_features=10)
+    config = TrainConfig(epochs=8, lr=3e-3, progress=False, threads=1)
+    trainer = Trainer(config, model, criterion=nn.CrossEntropyLoss())
+    result = trainer.fit(wrap(data.train), wrap(data.val))
+    assert result.last["val_loss"] < 0.3
+    logits = trainer.predict(wrap(data.test) if form == "dict of tensors" else data.test)
+    assert (logits.argmax(1) == data.test[1]).float().mean().item() > 0.9
+
+
+def test_a_trainer_without_a_criterion_says_so():
+    model = create_model("mlp", seed=0, in_features=4, out_features=2)
+    trainer = Trainer(TrainConfig(epochs=1, progress=False), model)
+    x = __import__("torch").randn(8, 4)
+    with pytest.raises(mlenv.errors.ConfigError, match="has no criterion: pass criterion="):
+        trainer.fit((x, x[:, 0].long().clamp(0, 1)))
 
 
 def test_public_names_are_lazy_and_complete():
