@@ -79,3 +79,12 @@ def test_public_names_are_lazy_and_complete():
     with pytest.raises(AttributeError):
         mlenv.nothing_here  # noqa: B018
     assert mlenv.Trainer is Trainer
+
+
+def test_overfit_batches_with_dict_batches_overfits():
+    data = DATASETS.create("digits", seed=0)
+    model = create_model("mlp", seed=0, in_features=64, hidden=[64], out_features=10)
+    config = TrainConfig(epochs=60, lr=1e-2, overfit_batches=2, progress=False, threads=1)
+    trainer = Trainer(config, model, criterion=nn.CrossEntropyLoss())
+    result = trainer.fit({"x": data.train[0], "y": data.train[1]})
+    assert result.last["train_loss"] < 0.01  # two batches learned by heart

@@ -408,3 +408,165 @@ def _nothing():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume from anywhere continues the same run, with the same data and the same store
+
+
+def test_resume_from_another_folder_uses_the_runs_data_store_and_folder(
+    tmp_path, shared_data, capsys, monkeypatch
+):
+    spam = shared_data / "tabular" / "spambase.data"
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    shutil.copy(spam, tmp_path / "a" / "data.csv")
+    shutil.copy(shared_data / "tabular" / "magic04.data", tmp_path / "b" / "data.csv")
+    monkeypatch.chdir(tmp_path / "a")
+    argv = ["tabular-binary", "--data", "data.csv", "--no-header", "--epochs", "2"]
+    assert main(["train", *argv, *QUIET]) == 0  # runs/ relative to a/
+    (run,) = runs_of(tmp_path / "a" / "runs", "tabular-binary")
+    monkeypatch.chdir(tmp_path / "b")  # here data.csv is another file, and there is no runs/
+    assert main(["train", "--resume-run", str(run), "--epochs", "3", *QUIET]) == 0
+    assert not (tmp_path / "b" / "runs").exists()  # the run's own store was used
+    row = Store(tmp_path / "a" / "runs" / "mlenv.db").run(run.name)
+    assert row["status"] == "finished"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["sizes"] == {"train": 3220, "val": 460, "test": 921}  # spambase
+    # the trained-on file changes: resuming would silently train on other rows
+    with (tmp_path / "a" / "data.csv").open("a") as f:
+        f.write(spam.read_text().splitlines()[0] + "\n")
+    capsys.readouterr()
+    before = tree(run)
+    assert main(["train", "--resume-run", str(run), "--epochs", "4", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "resume:" in err and "is not the file the model was trained on" in err
+    assert tree(run) == before
+
+
+def test_resume_takes_only_a_checkpoint_of_that_run(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train(runs, "digits-mlp", "--epochs", "2", "--experiment", "x") == 0
+    assert train(runs, "digits-mlp", "--epochs", "2", "--experiment", "y") == 0
+    (x,), (y,) = runs_of(runs, "x"), runs_of(runs, "y")
+    before = tree(x)
+    y_ckpt = str(y / "checkpoints" / "last.pt")
+    assert train(runs, "--resume-run", str(x), "--resume", y_ckpt, "--epochs", "3") == 2
+    assert "is not a checkpoint of the run" in capsys.readouterr().err
+    assert tree(x) == before
+    loose = tmp_path / "loose.pt"
+    shutil.copy(y_ckpt, loose)
+    assert train(runs, "digits-mlp", "--resume", str(loose), "--epochs", "3") == 2
+    assert "is not in a run folder's checkpoints/" in capsys.readouterr().err
+    # a run's own checkpoint by path continues that run (no new folder)
+    assert train(runs, "digits-mlp", "--experiment", "y", "--resume", y_ckpt, "--epochs", "3") == 0
+    assert runs_of(runs, "y") == [y]
+    assert json.loads((y / "summary.json").read_text())["epochs"] == 3
+
+
+def test_a_run_interrupted_after_its_last_epoch_resumes_to_its_summary(tmp_path):
+    runs = tmp_path / "runs"
+    assert train(runs, "digits-mlp", "--epochs", "2") == 0
+    (run,) = runs_of(runs, "digits-mlp")
+    done = json.loads((run / "summary.json").read_text())
+    # what SIGTERM during the test evaluation leaves: trained, but no summary
+    (run / "summary.json").write_text(json.dumps({"run_id": run.name, "status": "interrupted"}))
+    (run / "model.safetensors").unlink()
+    assert train(runs, "--resume-run", str(run)) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps_run"] == 0
+    assert summary["test_acc"] == done["test_acc"] and (run / "model.safetensors").is_file()
+
+
+def test_sigterm_outside_the_loop_is_an_interrupt():
+    import signal
+
+    from mlenv.train.run import sigterm_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        import time
+
+        time.sleep(5)  # the signal arrives before this ends
+
+
+def test_a_diverged_run_is_not_recorded_as_finished(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train(runs, "digits-mlp", "--epochs", "2", "--divergence-threshold", "0.0001") == 0
+    (run,) = runs_of(runs, "digits-mlp")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["stop_reason"].startswith("diverged")
+    assert Store(runs / "mlenv.db").run(run.name)["status"] == "diverged"
+
+
+def test_a_resumed_run_drops_its_old_results_until_it_ends_again(tmp_path):
+    from mlenv.track.run import Run
+    from mlenv.track.session import RunSession
+
+    runs = tmp_path / "runs"
+    assert train(runs, "digits-mlp", "--epochs", "2") == 0
+    (run_dir,) = runs_of(runs, "digits-mlp")
+    store = Store(runs / "mlenv.db")
+    assert "test_acc" in store.run(run_dir.name)["summary"]
+    session = RunSession(Run(run_dir), store, experiment="digits-mlp", config={}, resumed=(2, 80))
+    with pytest.raises(RuntimeError), session:
+        raise RuntimeError("the resumed training failed")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "test_acc" not in summary
+    assert store.run(run_dir.name)["summary"] == {}
+
+
+def test_an_early_stopped_run_resumes_only_with_more_patience(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    argv = ["digits-mlp", "--epochs", "60", "--early-stopping", "--patience", "1", "--lr", "0.05"]
+    assert train(runs, *argv) == 0
+    (run,) = runs_of(runs, "digits-mlp")
+    stopped = json.loads((run / "summary.json").read_text())
+    assert stopped["epochs"] < 60
+    before = tree(run)
+    assert train(runs, "--resume-run", str(run)) == 2
+    assert "the run stopped early (no improvement" in capsys.readouterr().err
+    assert tree(run) == before
+    assert train(runs, "--resume-run", str(run), "--patience", "3") == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] > stopped["epochs"]
+
+
+def test_missing_parents_of_runs_dir_are_not_made_at_random(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    far = tmp_path.parent / f"{tmp_path.name}-elsewhere" / "a" / "runs"
+    assert main(["train", "digits-mlp", "--runs-dir", str(far), *QUIET]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+    assert not far.parent.parent.exists()
+    assert main(["train", "digits-mlp", "--epochs", "1", "--runs-dir", "x/y/runs", *QUIET]) == 0
+
+
+def test_an_unreadable_lock_counts_as_held(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train(runs, "digits-mlp", "--epochs", "1") == 0
+    (run,) = runs_of(runs, "digits-mlp")
+    (run / "run.lock").write_text("")  # a lock being written this instant
+    assert train(runs, "--resume-run", str(run), "--epochs", "2") == 2
+    assert "is locked" in capsys.readouterr().err
+
+
+def test_runs_delete_refuses_a_run_whose_lock_is_held(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train(runs, "digits-mlp", "--epochs", "1") == 0
+    (run,) = runs_of(runs, "digits-mlp")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        assert main(["runs", "delete", run.name, "--yes", "--store", str(runs / "mlenv.db")]) == 2
+        assert "is being trained by process" in capsys.readouterr().err
+        assert run.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_binary_recipe_file_is_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and err.count("\n") == 1

@@ -289,8 +289,14 @@ def load_recipe(name_or_path: str) -> Recipe:
             )
     elif not path.exists():
         raise ConfigError(f"recipe file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"recipe file {path} is a folder")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"recipe file {path} is not UTF-8 text (byte offset {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -40,24 +40,37 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
+        """Take the lock: the file appears with its holder already written (a temporary file
+        hard-linked to the lock's name, which fails if the name exists), so a reader never sees
+        an empty lock."""
         me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                alive = holder.get("host") != me["host"] or pid_alive(int(holder.get("pid", 0)))
-                if holder and alive and holder.get("pid") != me["pid"]:
-                    raise ConfigError(
-                        f"run {self.path.parent.name} is in use by process {holder.get('pid')} on "
-                        f"{holder.get('host')} ({self.path}); wait for it to end"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
+        tmp = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(me))
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    holder = self._holder()
+                    if not holder:  # unreadable: treat as held
+                        raise ConfigError(
+                            f"run {self.path.parent.name} is locked ({self.path} cannot be read); "
+                            "remove it if no process trains this run"
+                        ) from None
+                    same_host = holder.get("host") == me["host"]
+                    alive = not same_host or pid_alive(int(holder.get("pid", 0)))
+                    if alive and holder.get("pid") != me["pid"]:
+                        raise ConfigError(
+                            f"run {self.path.parent.name} is in use by process "
+                            f"{holder.get('pid')} on {holder.get('host')} ({self.path}); "
+                            "wait for it to end"
+                        ) from None
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                self.held = True
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"{self.path}: could not take the run's lock")
 
     def _holder(self) -> dict[str, Any]:
@@ -104,6 +117,7 @@ class RunSession:
         self.lock = RunLock(run.path)
         self.summary: dict[str, Any] | None = None
         self.status = "running"
+        self.final_status = "finished"
 
     def __enter__(self) -> RunSession:
         run = self.run
@@ -119,8 +133,11 @@ class RunSession:
             run.trackers = self.trackers
             if self.config_text:
                 run.write_config(self.config_text)
-            previous = run.read_summary() if self.resumed is not None else {}
-            run.write_summary({**previous, "status": "running"})
+            # a resumed run's old results (test metrics, tested weights) are no longer true
+            start = {"status": "running"}
+            if self.resumed is not None:
+                start["resumed_at"] = {"epoch": self.resumed[0], "global_step": self.resumed[1]}
+            run.write_summary(start)
             if self.store is not None:
                 self.store.start_run(
                     run.id,
@@ -134,20 +151,23 @@ class RunSession:
                 )
                 if self.resumed is not None:
                     self.store.truncate_metrics(run.id, *self.resumed)
+                    self.store.clear_summary(run.id)
         except BaseException:
             self.lock.release()
             raise
         return self
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """The run's final summary (written to ``summary.json`` and the store on exit)."""
+    def finish(self, summary: dict[str, Any], status: str = "finished") -> None:
+        """The run's final summary (written to ``summary.json`` and the store on exit) and its
+        status when it ends without an error (``finished``, or ``diverged``)."""
         self.summary = summary
+        self.final_status = status
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
         from mlenv.train.trainer import TrainingInterrupted
 
         if exc is None:
-            self.status = "finished"
+            self.status = self.final_status
         elif isinstance(exc, TrainingInterrupted | KeyboardInterrupt):
             self.status = "interrupted"
         else:

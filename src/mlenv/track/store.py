@@ -113,6 +113,19 @@ def _summary_run_id(path: Path) -> str | None:
     return named.get("run_id") if isinstance(named, dict) else None
 
 
+def _lock_holder(lock: Path) -> dict | None:
+    """The process named by a run's ``run.lock`` when it may still be alive, else None."""
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": "?", "host": "?"}  # unreadable: assume held
+    if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0))):
+        return None
+    return holder
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
@@ -267,6 +280,11 @@ class Store:
                 [(run_id, step, name, float(value)) for step, name, value in rows],
             )
 
+    def clear_summary(self, run_id: str) -> None:
+        """A resumed run's old summary no longer holds: its rows go until the run ends again."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM summaries WHERE run_id = ?", (run_id,))
+
     def truncate_metrics(self, run_id: str, epoch: int, global_step: int) -> None:
         """On resume: drop rows logged after the checkpoint (epoch rows past ``epoch``, per-step
         rows past ``global_step``), which the resumed run will log again."""
@@ -333,6 +351,12 @@ class Store:
             raise MlenvError(
                 f"not deleting {folder}: it is not a folder; remove it yourself if it is yours, "
                 f"then `mlenv runs delete {run['id']}` forgets the run"
+            )
+        holder = _lock_holder(folder / "run.lock")
+        if holder is not None and not force:
+            raise MlenvError(
+                f"run {run['id']} is being trained by process {holder.get('pid')} on "
+                f"{holder.get('host')} ({folder / 'run.lock'}); stop it first, or pass --force"
             )
         named = _summary_run_id(folder / "summary.json")
         if named != run["id"]:

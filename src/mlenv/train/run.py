@@ -6,9 +6,15 @@ This is the whole flow of ``mlenv train``; the CLI only parses and calls ``run_r
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,14 +118,14 @@ def run_recipe(
     if c.resume:
         folder = Path(run_dir) / "checkpoints" if run_dir else None
         resume_path = resolve_checkpoint(c.resume, folder)
+        run_dir = checkpoint_run_folder(resume_path, run_dir)
         checkpoint = load_checkpoint(resume_path)
         check_resume_overrides(checkpoint["config"], cfg, resume_path)
-        done = checkpoint["state"]["epoch"]
-        if done >= c.epochs:
-            raise ConfigError(
-                f"resume: {resume_path} has already trained {done} of {c.epochs} epochs; "
-                "give --epochs N larger than that to train further"
-            )
+        cfg = resume_locations(cfg, checkpoint, run_dir)
+        check_resume_position(checkpoint, cfg, run_dir, resume_path)
+    else:
+        cfg = new_run_locations(cfg)
+    c = cfg.train
     bundle, model, task = build(cfg)
     run = None
     if not c.fast_dev_run:
@@ -141,9 +147,7 @@ def run_recipe(
     if run is None:
         summary = _train_and_summarise(cfg, bundle, trainer, None, out)
         return RunResult(None, trainer.history, summary)
-    if checkpoint is None:
-        check_runs_dir(c.runs_dir)
-    store = Store(c.store or Path(c.runs_dir) / "mlenv.db")
+    store = Store(c.store)
     session = RunSession(
         run,
         store,
@@ -158,7 +162,7 @@ def run_recipe(
         trackers=make_trackers(c.wandb, c.mlflow, experiment, run.id, cfg.to_flat(), str(run.path)),
     )
     try:
-        with session:
+        with session, sigterm_as_interrupt():
             try:
                 summary = _train_and_summarise(cfg, bundle, trainer, run, out)
             except BaseException:
@@ -168,16 +172,47 @@ def run_recipe(
                     "history": trainer.history,
                 }
                 raise
-            session.finish(summary)
+            session.finish(summary, "diverged" if trainer.diverged else "finished")
     finally:
         store.close()
     return RunResult(run.path, trainer.history, {**summary, "status": session.status})
 
 
+def checkpoint_run_folder(path: Path, run_dir: str | Path | None) -> Path:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/NAME.pt``): a resume continues
+    that run, and only that run (``--resume-run X --resume`` a checkpoint of another run is
+    refused, so two runs are never grafted together)."""
+    path = Path(path)
+    owner = path.absolute().parent.parent
+    is_runs = path.absolute().parent.name == "checkpoints" and (owner / "config.yaml").is_file()
+    if run_dir is not None:
+        if not is_runs or owner.resolve() != Path(run_dir).absolute().resolve():
+            raise ConfigError(
+                f"resume: {path} is not a checkpoint of the run {run_dir} "
+                f"(give one of {Path(run_dir) / 'checkpoints'})"
+            )
+        return Path(run_dir)
+    if not is_runs:
+        raise ConfigError(
+            f"resume: {path} is not in a run folder's checkpoints/; resume a run with "
+            "--resume-run RUN_DIR, or load the weights yourself to start a new run from them"
+        )
+    return owner
+
+
+def _creatable(path: Path, flag: str) -> None:
+    """A missing folder may be created when its parent exists or it lies below the current
+    folder; anything else is a typo more often than a wish (and would make folders at /)."""
+    if path.exists():
+        return
+    absolute = Path(os.path.abspath(path))
+    if absolute.parent.is_dir() or absolute.is_relative_to(Path.cwd()):
+        return
+    raise ConfigError(f"{flag}: the folder {absolute.parent} does not exist; create it first")
+
+
 def check_runs_dir(runs_dir: str | Path) -> None:
     """``--runs-dir`` must be (or become) a folder of runs: not a file, not inside a run."""
-    import os
-
     from mlenv.track.outputs import run_folder_of
 
     path = Path(runs_dir)
@@ -186,9 +221,103 @@ def check_runs_dir(runs_dir: str | Path) -> None:
     inside = run_folder_of(path)
     if inside is not None:
         raise ConfigError(f"--runs-dir: {path} is inside the run folder {inside}; give another")
+    _creatable(path, "--runs-dir")
     existing = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--runs-dir: cannot create or write in {path} (permission denied)")
+
+
+def new_run_locations(cfg: RunConfig) -> RunConfig:
+    """``runs_dir`` and ``store`` as absolute paths (the run's config.yaml keeps them, so a
+    resume from another folder writes to the same store), checked before anything is made."""
+    c = cfg.train
+    check_runs_dir(c.runs_dir)
+    store = Path(c.store) if c.store else Path(c.runs_dir) / "mlenv.db"
+    if store.is_dir():
+        raise ConfigError(f"--store: {store} is a folder; give the database file's path")
+    if c.store:
+        _creatable(store.parent, "--store")
+    train = dataclasses.replace(
+        c, runs_dir=os.path.abspath(c.runs_dir), store=os.path.abspath(store)
+    )
+    return dataclasses.replace(cfg, train=train)
+
+
+def resume_locations(cfg: RunConfig, checkpoint: dict[str, Any], run_dir: Path) -> RunConfig:
+    """Where a resumed run reads and writes, whatever the current folder: its data file at the
+    absolute path it was trained on (its contents checked against the stored SHA-256), its
+    runs folder and store as recorded (older runs: the folder that holds the run, and the store
+    in it)."""
+    data_state = checkpoint.get("extra", {}).get("data", {})
+    data = dict(cfg.data)
+    if data_state.get("data_path") and "data" in data:
+        from mlenv.data.tabular import check_same_data
+
+        data["data"] = str(data_state["data_path"])
+        changed = check_same_data(data["data"], data_state)
+        if changed:
+            raise ConfigError(f"resume: {changed}")
+    c = cfg.train
+    runs_dir = Path(c.runs_dir)
+    if not runs_dir.is_absolute():
+        runs_dir = Path(run_dir).absolute().parent.parent
+    store = Path(c.store) if c.store else runs_dir / "mlenv.db"
+    if not store.is_absolute() and not c.store:
+        store = runs_dir / "mlenv.db"
+    train = dataclasses.replace(c, runs_dir=str(runs_dir), store=os.path.abspath(store))
+    return dataclasses.replace(cfg, data=data, train=train)
+
+
+def check_resume_position(
+    checkpoint: dict[str, Any], cfg: RunConfig, run_dir: Path, path: Path
+) -> None:
+    """Something must be left to do: epochs to train, or (a run stopped after its last epoch,
+    before its summary) the test and summary; an early-stopped run continues only with a larger
+    patience or without early stopping."""
+    c = cfg.train
+    state = checkpoint["state"]
+    done = state["epoch"]
+    stored = checkpoint["config"]
+    finished = _summary_status(Path(run_dir)) in ("finished", "diverged")
+    if done >= c.epochs and finished:
+        raise ConfigError(
+            f"resume: {path} has already trained {done} of {c.epochs} epochs; "
+            "give --epochs N larger than that to train further"
+        )
+    reason = state.get("stop_reason", "")
+    if reason and c.early_stopping and c.patience <= stored.get("patience", c.patience):
+        raise ConfigError(
+            f"resume: the run stopped early ({reason}); give --patience larger than "
+            f"{stored.get('patience')} or --early-stopping false to train on"
+        )
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM outside the training loop (test, report, plots) ends the run as Ctrl-C does:
+    status ``interrupted``, lock released, and a later resume finishes the summary. Inside the
+    loop the Trainer's own handler saves a checkpoint first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def latest_run(runs_dir: str | Path, experiment: str, checkpoint: str) -> Path:
@@ -210,10 +339,17 @@ def _train_and_summarise(
 ) -> dict[str, Any]:
     from mlenv.track.plots import plot_loss_curve
     from mlenv.train.checkpoint import file_sha256, load_checkpoint, load_model_state
+    from mlenv.train.trainer import FitResult
 
     c = cfg.train
     started = time.time()
-    result = trainer.fit(bundle.train, bundle.val)
+    if trainer.epoch < (1 if c.fast_dev_run else c.epochs):
+        result = trainer.fit(bundle.train, bundle.val)
+    else:  # resumed after its last epoch: only the test and the summary were missing
+        kept = trainer.top_k.kept if trainer.top_k is not None else []
+        best = {c.monitor: kept[0][0], "checkpoint": kept[0][1]} if kept else {}
+        reason = trainer.state.stop_reason or f"completed {trainer.epoch} epochs"
+        result = FitResult(trainer.history, reason, best)
     print(format_table(result.history), file=out)
     summary: dict[str, Any] = {
         "recipe": cfg.recipe,

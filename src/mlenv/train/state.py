@@ -51,6 +51,7 @@ class TrainState:
     early_stopping: dict[str, Any] | None = None
     top_k: dict[str, Any] | None = None
     data_order: dict[str, Any] | None = None
+    stop_reason: str = ""  # why the loop ended before its last epoch (early stopping)
 
     def state_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -157,6 +157,7 @@ class Trainer:
         self._has_val = False
         self._batch_metric_names: list[str] = []
         self.steps_run = 0  # optimizer steps taken by this process (a resume proves its start)
+        self.diverged = False
         self.resumed_at: dict[str, int] | None = None
 
     # Loop position, kept in ``state`` (these names are what the loop and the docs use).
@@ -576,6 +577,7 @@ class Trainer:
                     metrics = self._run_epoch(train, val)
                 except Diverged as exc:  # stop at once; the last checkpoint is the last good one
                     self.stop_reason = str(exc)
+                    self.diverged = True
                     print(f"mlenv: {exc}", file=sys.stderr)
                     break
                 reason = self._epoch_end(metrics)
@@ -627,6 +629,7 @@ class Trainer:
         reason = ""
         if self.early_stopping is not None and monitored is not None:
             reason = self.early_stopping.update(monitored) or ""
+        s.stop_reason = reason
         s.history.append(metrics)
         self.log_epoch(metrics)
         due = s.epoch % c.save_every == 0 or s.epoch == c.epochs or reason
@@ -790,6 +793,12 @@ class Trainer:
     def _overfit_subset(self, train: Batches) -> Batches:
         n = self.config.overfit_batches
         chunks = [b for _, b in zip(range(n), iter(train), strict=False)]
+        if isinstance(chunks[0], dict):  # dict batches: the same keys, concatenated
+            keys = list(chunks[0])
+            tensors = [torch.cat([c[k] for c in chunks]) for k in keys]
+            return TensorBatches(
+                tensors, self.config.batch_size, shuffle=False, seed=self.config.seed, keys=keys
+            )
         tensors = [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
         return TensorBatches(tensors, self.config.batch_size, shuffle=False, seed=self.config.seed)
 
