@@ -135,6 +135,7 @@ def run_recipe(
     if checkpoint is not None:
         trainer.resume_with(checkpoint, resume_path)
     trainer.prepare(bundle.train, bundle.val)  # set-up, resume, monitor check: may raise
+    store = Store(c.store) if run is not None else None  # a bad store fails here, before output
     if trainer.resumed_at is not None:
         at = trainer.resumed_at
         print(
@@ -147,7 +148,6 @@ def run_recipe(
     if run is None:
         summary = _train_and_summarise(cfg, bundle, trainer, None, out)
         return RunResult(None, trainer.history, summary)
-    store = Store(c.store)
     session = RunSession(
         run,
         store,
