@@ -137,7 +137,7 @@ CASES = [
         2,
         ["not an experiment"],
     ),
-    ("config-is-folder", ["args", "{ws}/folder.yaml"], 2, ["folder.yaml", "directory"]),
+    ("config-is-folder", ["args", "{ws}/folder.yaml"], 2, ["folder.yaml", "is a folder"]),
     ("store-missing", ["compare", "a", "b", "--store", "{ws}/nope.db"], 2, ["does not exist"]),
     ("compare-one-group", ["compare", "a", *STORE], 2, ["at least two groups"]),
     ("compare-alpha", ["compare", "a", "b", "--alpha", "2", *STORE], 2, ["--alpha", "(0, 1)"]),
