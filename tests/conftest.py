@@ -20,3 +20,15 @@ def shared_data() -> Path:
 @pytest.fixture()
 def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A data root holding MNIST, read through torchvision from the official gz files in
+    ../shared/data/mnist (no network), decoded once for the whole session."""
+    from mlenv.data.vision import load_mnist_uint8
+
+    root = tmp_path_factory.mktemp("data-root")
+    for split in ("train", "test"):
+        load_mnist_uint8(root, split, source=shared_data / "mnist")
+    return root

@@ -862,7 +862,22 @@ def cmd_book(argv: list[str]) -> int:
     parser = _parser("book", "A step of the book path: plots and results.json.", f"steps:\n{steps}")
     parser.add_argument("step", nargs="?", default="list", help="a step, or list (the default)")
     parser.add_argument("--out", metavar="DIR", help="where to write (book-out/STEP)")
-    parser.add_argument("--data", metavar="FILE", help="the step's data file, if not the default")
+    parser.add_argument(
+        "--data", metavar="PATH", help="the step's data file (steps 07-10: the MNIST folder)"
+    )
+    training = parser.add_argument_group("steps 06-10 (training)")
+    training.add_argument("--epochs", type=int, help="epochs to train (the book's by default)")
+    training.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (the default)")
+    training.add_argument("--precision", help="32, bf16-mixed or 16-mixed (the recipe's default)")
+    training.add_argument("--threads", type=int, help="torch threads on the CPU")
+    training.add_argument("--seed", type=int, default=0, help="seed of the run (0)")
+    training.add_argument("--limit", type=int, help="train on the first N digits only (a look)")
+    training.add_argument("--runs-dir", metavar="DIR", help="where the run goes (OUT/runs)")
+    training.add_argument(
+        "--sample-steps", type=int, help="DDIM sampling with this many steps (09-10; 1000 = DDPM)"
+    )
+    training.add_argument("--guidance", type=float, help="classifier-free guidance scale (step10)")
+    training.add_argument("--no-progress", action="store_true", help="no progress bars")
     _write_flags(parser, "non-empty folder")
     args = parser.parse_args(argv)
     if args.step == "list":
@@ -874,7 +889,39 @@ def cmd_book(argv: list[str]) -> int:
     out = args.out
     if out is not None:
         out = check_output_dir(out, inputs=[args.data], force=args.force, mkdir=args.mkdir)
-    run_step(args.step, out, args.data)
+    from mlenv.book import TRAINING_STEPS
+    from mlenv.book._common import BookOptions
+
+    options = None
+    if args.step in TRAINING_STEPS:
+        options = BookOptions(
+            epochs=args.epochs,
+            device=args.device,
+            sample_steps=args.sample_steps,
+            guidance=args.guidance,
+            limit=args.limit,
+            runs_dir=args.runs_dir,
+            data_dir=args.data if args.step != "step06" else None,
+            seed=args.seed,
+            precision=args.precision,
+            threads=args.threads,
+            progress=not args.no_progress,
+        )
+    else:
+        given = [
+            flag
+            for flag, value in (
+                ("--epochs", args.epochs),
+                ("--limit", args.limit),
+                ("--sample-steps", args.sample_steps),
+                ("--guidance", args.guidance),
+                ("--runs-dir", args.runs_dir),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(f"{given[0]}: applies to steps 06-10 only, not {args.step}")
+    run_step(args.step, out, args.data, options)
     print(f"plots and results.json in {out or f'book-out/{args.step}'}")
     return 0
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,102 @@ def save(fig: Any, path: Path) -> str:
 
     save_figure(fig, path)
     return str(path)
+
+
+@dataclass
+class BookOptions:
+    """What the training steps (06-10) take from the command line; ``None`` keeps the book's
+    value. ``limit`` keeps the first N training digits (tests, quick looks)."""
+
+    epochs: int | None = None
+    device: str = "auto"
+    sample_steps: int | None = None  # DDIM steps at sampling (None: the full DDPM chain)
+    guidance: float | None = None  # classifier-free guidance scale (step10)
+    limit: int | None = None
+    runs_dir: str | None = None  # where the step's training run goes (default OUT/runs)
+    data_dir: str | None = None  # where MNIST lives (see mlenv.data.vision.data_root)
+    seed: int = 0
+    precision: str | None = None
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from mlenv.errors import ConfigError
+
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs: accepts a positive integer, got {self.epochs}")
+        if self.sample_steps is not None and not 1 <= self.sample_steps <= 1000:
+            raise ConfigError(f"--sample-steps: accepts 1 .. 1000, got {self.sample_steps}")
+        if self.guidance is not None and self.guidance < 0:
+            raise ConfigError(f"--guidance: accepts a scale >= 0, got {self.guidance}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit: accepts a positive number of digits, got {self.limit}")
+
+
+def train_recipe(recipe: str, folder: Path, options: BookOptions, **values: Any) -> Any:
+    """Train a packaged recipe with the mlenv Trainer as a normal run (run folder, store,
+    checkpoints, resume all apply): ``values`` are the book's settings (recipe fields such as
+    ``epochs=30``), then the options override them. Returns ``(RunResult, LoadedRun)``: the run
+    and its trained model loaded back from the run folder (the weights ``test_on`` chose)."""
+    from mlenv.config import load_recipe, resolve
+    from mlenv.train.run import load_run, run_recipe
+
+    if options.epochs is not None:
+        values["epochs"] = options.epochs
+    values.setdefault("device", options.device)
+    values.setdefault("seed", options.seed)
+    values.setdefault("runs_dir", options.runs_dir or str(folder / "runs"))
+    values.setdefault("progress", options.progress)
+    if options.precision is not None:
+        values["precision"] = options.precision
+    if options.threads is not None:
+        values["threads"] = options.threads
+    if options.limit is not None:
+        values["limit"] = options.limit
+    if options.data_dir is not None:  # the official gz files themselves, or a data root
+        given = Path(options.data_dir)
+        if not given.is_dir():
+            raise DataError(f"--data {given}: no such folder (give the MNIST folder)")
+        key = "source" if (given / "train-images-idx3-ubyte.gz").is_file() else "root"
+        values[key] = str(given)
+    argv = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        else:
+            argv += [f"--{key}", str(value)]
+    cfg = resolve(load_recipe(recipe), argv, prog=f"mlenv book ({recipe})")
+    result = run_recipe(cfg)
+    return result, load_run(result.run_dir)
+
+
+def save_grid(images: Any, path: Path, nrow: int, title: str | None = None) -> str:
+    """A grid PNG of ``images`` (N, 1, H, W) with values in [0, 1], ``nrow`` images a row."""
+    import torch
+
+    plt = pyplot()
+    x = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
+    n, _, h, w = x.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = torch.ones(rows * (h + 2), nrow * (w + 2))
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = x[
+            i, 0
+        ]
+    fig, ax = plt.subplots(figsize=(nrow * 0.6 + 0.4, rows * 0.6 + (0.6 if title else 0.2)))
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_losses(losses: list[float], path: Path, title: str) -> str:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(range(1, len(losses) + 1), losses, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    return save(fig, path)

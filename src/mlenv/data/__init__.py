@@ -8,7 +8,10 @@ from typing import Any
 
 from mlenv.registry import Registry
 
-DATASETS = Registry("dataset", ("mlenv.data.sklearn_sets", "mlenv.data.text", "mlenv.data.tabular"))
+DATASETS = Registry(
+    "dataset",
+    ("mlenv.data.sklearn_sets", "mlenv.data.text", "mlenv.data.tabular", "mlenv.data.vision"),
+)
 register_dataset = DATASETS.register
 
 

@@ -6,7 +6,17 @@ from typing import Any
 
 from mlenv.registry import Registry
 
-MODELS = Registry("model", ("mlenv.models.mlp", "mlenv.models.vae", "mlenv.models.rnn"))
+MODELS = Registry(
+    "model",
+    (
+        "mlenv.models.mlp",
+        "mlenv.models.cnn",
+        "mlenv.models.vae",
+        "mlenv.models.hvae",
+        "mlenv.models.rnn",
+        "mlenv.models.unet",
+    ),
+)
 register_model = MODELS.register
 
 

@@ -23,7 +23,9 @@ from mlenv.errors import ConfigError
 from mlenv.registry import Registry
 from mlenv.train import losses
 
-TASKS = Registry("task", ("mlenv.train.tasks",))
+TASKS = Registry(
+    "task", ("mlenv.train.tasks", "mlenv.train.tasks_regression", "mlenv.train.tasks_diffusion")
+)
 register_task = TASKS.register
 TRAINERS = TASKS  # the name recipes and `mlenv list trainers` have used from the start
 
