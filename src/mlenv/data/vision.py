@@ -79,8 +79,9 @@ def load_mnist_uint8(
     try:
         ds = MNIST(str(base), train=split == "train", download=download)
     except (RuntimeError, OSError) as exc:
+        why = " ".join(str(exc).split())
         raise DataError(
-            f"MNIST under {base}: {exc}. Offline, put the four official gz files in "
+            f"MNIST under {base}: {why}. Offline, put the four official gz files in "
             f"{base / 'MNIST' / 'raw'} or pass their folder with source=DIR "
             "(MLENV_MNIST_SOURCE)"
         ) from None
