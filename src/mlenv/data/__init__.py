@@ -10,7 +10,13 @@ from mlenv.registry import Registry
 
 DATASETS = Registry(
     "dataset",
-    ("mlenv.data.sklearn_sets", "mlenv.data.text", "mlenv.data.tabular", "mlenv.data.vision"),
+    (
+        "mlenv.data.sklearn_sets",
+        "mlenv.data.text",
+        "mlenv.data.tabular",
+        "mlenv.data.vision",
+        "mlenv.data.synthetic",
+    ),
 )
 register_dataset = DATASETS.register
 
