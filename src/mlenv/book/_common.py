@@ -186,7 +186,7 @@ def train_recipe(recipe: str, folder: Path, options: BookOptions, **values: Any)
     argv = []
     for key, value in values.items():
         if isinstance(value, bool):
-            argv.append(f"--{key}" if value else f"--no-{key}")
+            argv += [f"--{key}", "true" if value else "false"]
         else:
             argv += [f"--{key}", str(value)]
     cfg = resolve(load_recipe(recipe), argv, prog=f"mlenv book ({recipe})")

@@ -12,7 +12,13 @@ from mlenv.errors import ConfigError
 from mlenv.models import register_model
 from mlenv.train.base import BaseModel
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+}
 
 
 def check_widths(**widths: int) -> None:
