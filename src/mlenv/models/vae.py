@@ -1,4 +1,9 @@
-"""Variational autoencoder with a Gaussian latent and a Bernoulli (logit) decoder, for vectors."""
+"""Variational autoencoder with a Gaussian latent and a decoder that outputs logits, for vectors.
+
+The decoder's mean image is ``sigmoid(logits)``. Which likelihood scores it is the task's choice
+(``mlenv.train.tasks.VAETask``): a Bernoulli negative log-likelihood (the default, ``digits-vae``)
+or the book's sum of squared errors of the sigmoid output (``mnist-vae``, book step 7: 784-200-20).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,13 @@ from mlenv.train.base import BaseModel
 
 
 class VAE(BaseModel):
+    """Encoder ``in -> hidden (ReLU) -> (mu, logvar)``, decoder ``latent -> hidden (ReLU) -> in``.
+
+    >>> model = VAE(784, hidden=200, latent=20)
+    >>> logits, mu, logvar = model(torch.rand(32, 784))  # (32, 784), (32, 20), (32, 20)
+    >>> images = model.sample(64)  # (64, 784) in [0, 1]
+    """
+
     def __init__(self, in_features: int, hidden: int = 128, latent: int = 8) -> None:
         super().__init__()
         check_widths(in_features=in_features, hidden=hidden, latent=latent)
@@ -38,6 +50,13 @@ class VAE(BaseModel):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar  # reconstruction logits (B, in), (B, latent) x2
 
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` new vectors: z ~ N(0, I) decoded to the mean image sigmoid(logits), (n, in)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent, generator=generator).to(device)  # (n, latent)
+        return self.decoder(z).sigmoid()
+
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent, averaged over the batch."""
@@ -46,5 +65,6 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 @register_model("vae")
 def vae(in_features: int, hidden: int = 128, latent: int = 8) -> VAE:
-    """Variational autoencoder for vectors in [0, 1] (a Bernoulli decoder)."""
+    """Variational autoencoder for vectors in [0, 1] (decoder logits; the task picks the
+    likelihood)."""
     return VAE(in_features, hidden, latent)

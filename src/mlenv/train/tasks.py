@@ -13,7 +13,7 @@ name a task by registry name (the recipe key is ``trainer`` for historical reaso
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -119,20 +119,51 @@ class ClassificationTask(Task):
         return model(split_batch(batch)[0]).softmax(dim=1)
 
 
+RECONSTRUCTIONS = ("bernoulli", "squared-error")
+
+
 @register_task("vae")
 class VAETask(Task):
-    """VAE: two named terms, ``reconstruction`` (Bernoulli NLL per sample) and ``kl``."""
+    """VAE: two named terms, ``reconstruction`` and ``kl`` (KL(q(z | x) || N(0, I)) in nats, per
+    sample); the loss is ``reconstruction + kl_weight * kl``.
+
+    ``reconstruction`` is ``bernoulli`` (the negative log-likelihood of the decoder's logits,
+    summed over the features, per sample) or ``squared-error`` (the sum of squared errors of the
+    mean image ``sigmoid(logits)``, per sample). The book's loss (step 7) is ``squared-error`` with
+    ``kl_weight`` 2: its ``-sum(1 + logvar - mu^2 - exp(logvar))`` has no 0.5 factor, so it is
+    twice the KL.
+    """
+
+    def __init__(
+        self,
+        criterion: Any = None,
+        *,
+        reconstruction: Literal["bernoulli", "squared-error"] = "bernoulli",
+        kl_weight: float = 1.0,
+    ) -> None:
+        super().__init__(criterion)
+        if reconstruction not in RECONSTRUCTIONS:
+            raise ConfigError(
+                f"--reconstruction: accepts {' or '.join(RECONSTRUCTIONS)}, got {reconstruction!r}"
+            )
+        if not kl_weight >= 0:  # also refuses NaN
+            raise ConfigError(f"--kl_weight: accepts a number >= 0, got {kl_weight}")
+        self.reconstruction = reconstruction
+        self.kl_weight = kl_weight
+
+    def reconstruction_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The chosen reconstruction term for logits and targets (B, D), per sample."""
+        if self.reconstruction == "squared-error":
+            return F.mse_loss(logits.float().sigmoid(), x, reduction="sum") / len(x)
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
 
     def get_criterion(self, model: nn.Module | None = None) -> Any:
-        def reconstruction(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        from mlenv.models.vae import kl_to_standard_normal
 
-        def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-            from mlenv.models.vae import kl_to_standard_normal
-
-            return kl_to_standard_normal(mu, logvar)
-
-        return {"reconstruction": reconstruction, "kl": kl}
+        return {
+            "reconstruction": self.reconstruction_loss,
+            "kl": (kl_to_standard_normal, self.kl_weight),
+        }
 
     def forward_pass(
         self, model: nn.Module, batch: Any, criterion: Any
@@ -144,6 +175,40 @@ class VAETask(Task):
 
     def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
         return model(split_batch(batch)[0])[0].sigmoid()
+
+
+@register_task("hvae")
+class HVAETask(VAETask):
+    """Hierarchical VAE (``mlenv.models.hvae``): three named terms, ``reconstruction`` of x from
+    z1, ``kl1`` = KL(q(z1 | x) || N(decoder2(z2), I)) with z2 one sample from q(z2 | z1), and
+    ``kl2`` = KL(q(z2 | z1) || N(0, I)), each in nats per sample; the loss is
+    ``reconstruction + kl_weight * (kl1 + kl2)`` (the book's: ``squared-error``, ``kl_weight`` 2).
+    """
+
+    def get_criterion(self, model: nn.Module | None = None) -> Any:
+        from mlenv.models.hvae import kl_between_normals
+
+        return {
+            "reconstruction": self.reconstruction_loss,
+            "kl1": (kl_between_normals, self.kl_weight),
+            "kl2": (kl_between_normals, self.kl_weight),
+        }
+
+    def forward_pass(
+        self, model: nn.Module, batch: Any, criterion: Any
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x = split_batch(batch)[0]  # labels, if any, are ignored
+        out = model(x)
+        c = criterion
+        terms = {
+            "reconstruction": c["reconstruction"](out.logits, x),
+            "kl1": c["kl1"](out.mu1, out.logvar1, out.z1_prior_mean),
+            "kl2": c["kl2"](out.mu2, out.logvar2),
+        }
+        return terms, out.logits
+
+    def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return model(split_batch(batch)[0]).logits.sigmoid()
 
 
 @register_task("language-model")
