@@ -63,8 +63,9 @@ def train_and_sample(
     }
     write_results(folder, results)
     seconds = sum(results["seconds_per_epoch"]) / len(losses)
+    epochs = f"{len(losses)} epoch{'s' if len(losses) != 1 else ''}"
     print(
-        f"{title}: {len(losses)} epochs on {results['train_digits']} digits, loss "
+        f"{title}: {epochs} on {results['train_digits']} digits, loss "
         f"{losses[0]:.4f} (epoch 1) -> {losses[-1]:.4f} (epoch {len(losses)}), "
         f"{seconds:.1f} s/epoch"
     )
