@@ -393,7 +393,8 @@ def build_parser(recipe: Recipe, prog: str) -> Any:
 
     provided = tuple(DATASETS.info(recipe.dataset).get("provides", ()))
     groups = {
-        "data": builder_arguments(DATASETS.get(recipe.dataset)),
+        # the split seed is the run's --seed (build_data passes it), never a flag of its own
+        "data": builder_arguments(DATASETS.get(recipe.dataset), skip=("seed",)),
         "model": builder_arguments(MODELS.get(recipe.model), skip=provided),
         "task": trainer_arguments(TRAINERS.get(recipe.trainer)),
     }
