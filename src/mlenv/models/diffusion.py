@@ -217,7 +217,7 @@ def guided_noise(
         return model(x, t, labels)
     null = torch.full_like(labels, model.null_label)
     both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2B, ...)
-    eps_cond, eps_uncond = both.chunk(2)
+    eps_cond, eps_uncond = both.float().chunk(2)  # mixed in float32 even under autocast
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
