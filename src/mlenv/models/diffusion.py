@@ -13,7 +13,7 @@ either scheduler, so a network trained with 1000 DDPM steps samples in 50 DDIM s
         x = scheduler.step(model(x, torch.full((20,), t)), t, x)
 
 Notation (the book's): ``beta_t`` the noise added at step t, ``alpha_t = 1 - beta_t``,
-``alpha_bar_t = prod(alpha_1 .. alpha_t)``, so ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0,
+``alpha_bar_t = prod(alpha_0 .. alpha_t)``, so ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0,
 (1 - alpha_bar_t) I)``. Steps are indexed 0 .. T-1 as in the book's code.
 """
 
