@@ -15,7 +15,25 @@ EXAMPLES = {
     "mlp": ({"in_features": 5, "out_features": 3}, lambda: torch.randn(4, 5)),
     "binary-mlp": ({"in_features": 5}, lambda: torch.randn(4, 5)),
     "vae": ({"in_features": 6}, lambda: torch.rand(4, 6)),
+    "hvae": ({"in_features": 6}, lambda: torch.rand(4, 6)),
+    "simple-cnn": (
+        {"in_channels": 1, "image_size": 28, "out_features": 10},
+        lambda: torch.randn(4, 1, 28, 28),
+    ),
     "rnn-lm": ({"vocab_size": 11}, lambda: torch.randint(0, 11, (2, 7))),
+    # the UNets take (x, t[, labels]) and give the noise, one value per pixel: dim is the channels
+    "unet": (
+        {"channels": (4, 8, 8), "time_dim": 8},
+        lambda: (torch.randn(4, 1, 8, 8), torch.tensor([0, 5, 500, 999])),
+    ),
+    "unet-conditional": (
+        {"channels": (4, 8, 8), "time_dim": 8},
+        lambda: (
+            torch.randn(4, 1, 8, 8),
+            torch.tensor([0, 5, 500, 999]),
+            torch.tensor([0, 3, 9, 10]),
+        ),
+    ),
 }
 
 
@@ -34,12 +52,17 @@ def test_model_contract(name, tmp_path):
     model = create_model(name, **kwargs)
     assert isinstance(model, BaseModel)
     model.init_weights()
-    x = make_input()
+    inputs = make_input()
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    x = inputs[0]
     model.train()
-    out = model(x)
+    out = model(*inputs)
     main = first(out)
     assert main.shape[0] == x.shape[0]
-    assert main.shape[-1] == model.dim or (main.ndim == 1 and model.dim == 1)
+    if main.ndim == 4:  # images out: (B, dim, H, W)
+        assert main.shape[1] == model.dim and main.shape[2:] == x.shape[2:]
+    else:
+        assert main.shape[-1] == model.dim or (main.ndim == 1 and model.dim == 1)
     assert all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,)))
     loss = sum(t.float().pow(2).mean() for t in (out if isinstance(out, tuple) else (out,)))
     loss.backward()
@@ -48,10 +71,10 @@ def test_model_contract(name, tmp_path):
         assert p.grad.abs().sum() > 0, f"{pname} gets no gradient"
     model.eval()
     with torch.no_grad():
-        expected = first(model(x))
+        expected = first(model(*inputs))
     save_file(model.state_dict(), tmp_path / "w.safetensors")
     other = create_model(name, **kwargs)
     other.load_state_dict(load_file(tmp_path / "w.safetensors"))
     other.eval()
     with torch.no_grad():
-        assert torch.equal(first(other(x)), expected)
+        assert torch.equal(first(other(*inputs)), expected)
