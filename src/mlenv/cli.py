@@ -33,6 +33,10 @@ commands:
   cv RECIPE --folds 5 [--repeats 2] [--experiment NAME] [--flags]   k-fold cross-validation, a group
   compare GROUP_A GROUP_B [...] --metric test_acc [--alpha 0.05] [--unpaired] [--plot PNG]
                               is it really better?
+  sweep RECIPE --space FILE --trials N [--workers K] [--storage URL] [--study NAME]
+        [--pruner median|hyperband|none] [--metric val_loss --mode min] [--flags]
+                              an Optuna search; every trial is a run (resumable: run it again)
+  sweep show STUDY [--storage URL] [--out DIR]   best trials, importances, plots
   runs list [--experiment E] [--sort METRIC] | runs show ID | runs delete ID [--yes] [--force]
   bench RECIPE|MODEL [--batch-sizes 1,32,256] [--input-shape 20] [--threads N] [--out FILE.jsonl]
                               parameters, FLOPs, latency percentiles, throughput, peak memory
@@ -62,6 +66,7 @@ COMMANDS = (
     "compare",
     "runs",
     "bench",
+    "sweep",
 )
 
 
@@ -113,6 +118,7 @@ def _run(argv: list[str]) -> int:
         "compare": cmd_compare,
         "runs": cmd_runs,
         "bench": cmd_bench,
+        "sweep": cmd_sweep,
     }
     try:
         return handlers[command](rest)
@@ -685,6 +691,133 @@ def cmd_compare(argv: list[str]) -> int:
             raise ConfigError("--unpaired: this version of mlenv compares paired groups only")
         options["unpaired"] = True
     compare_groups(store, args.groups, args.metric, args.alpha, plot, **options)
+    return 0
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    if argv[:1] == ["show"]:
+        return _sweep_show(argv[1:])
+    import os
+
+    from mlenv.bench.sweep import (
+        PRUNERS,
+        WorkerProcesses,
+        check_trial_runs,
+        open_sweep,
+        plan_sweep,
+        run_worker,
+        shown_url,
+        summary_lines,
+    )
+    from mlenv.config import load_recipe
+
+    parser = _recipe_parser(
+        "sweep",
+        "An Optuna search over the fields a --space file names. Every trial is a run in the store\n"
+        "(group: the study's name); per-epoch values of --metric drive the pruner. Running the\n"
+        "same command again continues the study until it has --trials trials.\n"
+        "`mlenv sweep show STUDY` prints the best trials and importances and draws the plots.",
+    )
+    parser.add_argument("--space", required=True, metavar="FILE", help="the search space (YAML)")
+    parser.add_argument(
+        "--trials", required=True, type=_at_least(1), metavar="N", help="trials in the study"
+    )
+    parser.add_argument("--study", metavar="NAME", help="the study's name (RECIPE-sweep)")
+    parser.add_argument(
+        "--storage", metavar="URL", help="a database URL (sqlite:///RUNS_DIR/optuna.db)"
+    )
+    parser.add_argument(
+        "--workers", type=_at_least(1), default=1, metavar="K", help="worker processes (1)"
+    )
+    parser.add_argument("--pruner", choices=PRUNERS, default="median", help="(median)")
+    _flag(
+        parser,
+        "--pruner-startup",
+        type=_at_least(0),
+        default=5,
+        metavar="N",
+        help="median: finished trials before any pruning (5)",
+    )
+    _flag(
+        parser,
+        "--pruner-warmup",
+        type=_at_least(0),
+        default=0,
+        metavar="E",
+        help="median: epochs of a trial before it may be pruned (0)",
+    )
+    parser.add_argument("--metric", help="the per-epoch metric to optimise (the recipe's monitor)")
+    parser.add_argument("--mode", choices=("min", "max"), help="(inferred from --metric)")
+    parser.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
+    args, overrides = parser.parse_known_args(argv)
+    sweep = plan_sweep(
+        load_recipe(args.recipe),
+        args.space,
+        args.trials,
+        overrides,
+        study=args.study,
+        storage=args.storage,
+        metric=args.metric,
+        mode=args.mode,
+        pruner=args.pruner,
+        pruner_startup=args.pruner_startup,
+        pruner_warmup=args.pruner_warmup,
+    )
+    if args.spawned:  # a worker of `--workers K`: the parent checked and reports
+        run_worker(sweep)
+        return 0
+    check_trial_runs(sweep)
+    open_sweep(sweep)  # the study and its tables exist before any worker starts
+    print(
+        f"sweep {sweep.study_name}: recipe {sweep.recipe.name}, {sweep.trials} trials, "
+        f"{sweep.metric} ({sweep.mode}), pruner {sweep.pruner}, {args.workers} worker(s)\n"
+        f"study in {shown_url(sweep.storage_url)}; runs in "
+        f"{Path(sweep.runs_dir) / sweep.study_name}"
+    )
+    code = 0
+    if args.workers == 1:
+        run_worker(sweep)
+    else:  # this process is worker 1, K-1 others start beside it
+        _, child = _take_option(argv, "--workers")
+        threads, _ = _take_option(overrides, "--threads")
+        if threads is None:  # the cores shared out between the workers
+            threads = str(max(1, (os.cpu_count() or 1) // args.workers))
+            child += ["--threads", threads]
+            sweep.overrides += ["--threads", threads]
+        others = WorkerProcesses(child, args.workers - 1)
+        try:
+            run_worker(sweep, label="[w1] ")
+        finally:
+            code = others.wait()
+    print()
+    for line in summary_lines(sweep):
+        print(line)
+    return code
+
+
+def _sweep_show(argv: list[str]) -> int:
+    from mlenv.bench.sweep import default_storage, load_study, plots_only, show
+    from mlenv.track.outputs import check_output_dir
+
+    parser = _parser(
+        "sweep show",
+        "A study's best trials (and the flags of the best), parameter importances (fANOVA),\n"
+        "and its optimisation-history and parallel-coordinate plots.",
+    )
+    parser.add_argument("study", metavar="STUDY", help="the study's name")
+    parser.add_argument("--storage", metavar="URL", help="(sqlite:///RUNS_DIR/optuna.db)")
+    _flag(parser, "--runs-dir", default="runs", metavar="DIR", help="runs folder (runs)")
+    parser.add_argument(
+        "--top", type=_at_least(1), default=5, metavar="N", help="best trials shown (5)"
+    )
+    parser.add_argument("--out", metavar="DIR", help="where the plots go (sweep-out/STUDY)")
+    _write_flags(parser, "non-empty folder")
+    args = parser.parse_args(argv)
+    storage = args.storage or default_storage(args.runs_dir)
+    load_study(args.study, storage)  # a missing study is an error before any folder is made
+    out = Path(args.out or Path("sweep-out") / args.study)
+    out = check_output_dir(out, force=args.force or plots_only(out), mkdir=args.mkdir)
+    show(args.study, storage, out, args.top)
     return 0
 
 

@@ -7,8 +7,8 @@ naming the run and its status, and records the run in the store (an upsert that 
 run's group, member and start time; rows logged after the checkpoint are dropped and TensorBoard
 purges its events from the resumed step on). On exit, whatever happened, it closes TensorBoard and
 trackers and records the final status: ``finished``, ``failed`` or ``interrupted`` (a signal;
-the checkpoint was saved). A process killed outright leaves ``running`` with a dead pid, which the
-store reports as ``killed``.
+the checkpoint was saved), or the status an :class:`EndRun` names (``pruned``). A process killed
+outright leaves ``running`` with a dead pid, which the store reports as ``killed``.
 
 >>> with RunSession(Run.plan("runs", "demo"), store, experiment="demo", config=flat) as session:  # doctest: +SKIP
 ...     trainer.run = session.run
@@ -29,6 +29,15 @@ from mlenv.track.run import Run
 from mlenv.track.store import pid_alive
 
 LOCK_NAME = "run.lock"
+
+
+class EndRun(MlenvError):
+    """Raised inside a run (by a tracker's ``log``, once an epoch is recorded) to end it at once
+    with its own ``status``: a sweep's pruner ends an unpromising trial as ``pruned``."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RunLock:
@@ -168,6 +177,8 @@ class RunSession:
 
         if exc is None:
             self.status = self.final_status
+        elif isinstance(exc, EndRun):
+            self.status = exc.status
         elif isinstance(exc, TrainingInterrupted | KeyboardInterrupt):
             self.status = "interrupted"
         else:
