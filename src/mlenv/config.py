@@ -58,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None
+    devices: int = 1  # processes on this machine (torchrun): one per GPU, or CPU processes
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # with devices > 1: replicate (DDP) or shard (FSDP2)
     # debugging
     limit_batches: int | None = None
     fast_dev_run: bool = False
@@ -91,7 +93,7 @@ class TrainConfig:
         _positive(self, "save_every_steps", "gamma", "warmup_start_factor", "plateau_patience")
         _non_negative(self, "weight_decay", "momentum", "warmup_epochs", "warmup_steps")
         _non_negative(self, "min_lr", "save_top_k", "patience", "min_delta")
-        _positive(self, "divergence_threshold")
+        _positive(self, "divergence_threshold", "devices")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr: must not exceed lr ({self.lr:g}), got {self.min_lr:g}")
         if self.early_stopping and self.patience == 0:
@@ -101,6 +103,11 @@ class TrainConfig:
         if self.warmup_start_factor > 1:
             raise ConfigError(
                 f"warmup_start_factor: accepts a number in (0, 1], got {self.warmup_start_factor}"
+            )
+        if self.strategy == "fsdp" and self.precision == "16":
+            raise ConfigError(
+                "strategy: fsdp trains in precision 32 or bf16 (fp16's grad scaler does not "
+                "shard); give --precision bf16"
             )
         if self.warmup_epochs and self.warmup_steps:
             raise ConfigError("warmup_epochs and warmup_steps: give one of them, not both")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import io
+import json
 import os
 import signal
 import sys
@@ -97,44 +99,47 @@ def run_recipe(
     out: Any = None,
     group_id: int | None = None,
     member: str | None = None,
+    trackers: list[Any] | None = None,
 ) -> RunResult:
     """Train ``cfg`` end to end; with ``run_dir`` (an existing run folder) continue that run.
     The run is recorded in the experiment store (``group_id``/``member`` for repeats and folds).
+    ``trackers`` get every epoch's metrics beside W&B/MLflow (a sweep's pruner is one).
     Everything that can be checked (configuration, data, a resumed checkpoint, the monitored
     metric) is checked before the run folder is created or touched."""
+    from mlenv.runtime import distributed
     from mlenv.track.run import Run
     from mlenv.track.session import RunSession
     from mlenv.track.store import Store
     from mlenv.track.trackers import make_trackers
-    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
     from mlenv.train.trainer import Trainer
 
+    if cfg.train.devices > 1 and not distributed.launched():
+        return launch_recipe(cfg, run_dir, out, group_id, member, trackers)
     out = out or sys.stdout
+    cfg, world = join_launch(cfg)
+    if world.rank > 0:  # rank 0 prints and writes; the others train in lockstep
+        out = io.StringIO()
     c = cfg.train
     experiment = c.experiment or cfg.recipe
-    checkpoint = None
-    if c.resume in ("last", "best") and run_dir is None:
-        run_dir = latest_run(c.runs_dir, experiment, c.resume)
-    if c.resume:
-        folder = Path(run_dir) / "checkpoints" if run_dir else None
-        resume_path = resolve_checkpoint(c.resume, folder)
-        run_dir = checkpoint_run_folder(resume_path, run_dir)
-        checkpoint = load_checkpoint(resume_path)
-        check_resume_overrides(checkpoint["config"], cfg, resume_path)
-        cfg = resume_locations(cfg, checkpoint, run_dir)
-        check_resume_position(checkpoint, cfg, run_dir, resume_path)
-    else:
-        cfg = new_run_locations(cfg)
+    cfg, run_dir, checkpoint, resume_path = locate_run(cfg, run_dir)
     c = cfg.train
     bundle, model, task = build(cfg)
     run = None
     if not c.fast_dev_run:
         run = Run(run_dir) if run_dir else Run.plan(c.runs_dir, experiment)
+        if world.size > 1:  # the folder rank 0 named (each process would draw its own id)
+            run = Run(distributed.broadcast_object(str(run.path)))
     trainer = Trainer(c, model, task=task, run=run, run_config=cfg.to_flat())
     trainer.data_state = {**bundle.state, "model_kwargs": bundle.model_kwargs}
     if checkpoint is not None:
         trainer.resume_with(checkpoint, resume_path)
     trainer.prepare(bundle.train, bundle.val)  # set-up, resume, monitor check: may raise
+    if world.rank > 0:
+        if trainer.epoch < (1 if c.fast_dev_run else c.epochs):
+            trainer.fit(bundle.train, bundle.val)
+        distributed.wait_for_all()
+        distributed.shutdown()
+        return RunResult(run.path if run else None, trainer.history, {})
     store = Store(c.store) if run is not None else None  # a bad store fails here, before output
     if trainer.resumed_at is not None:
         at = trainer.resumed_at
@@ -147,6 +152,8 @@ def run_recipe(
         print(f"{key}: {value}", file=out)
     if run is None:
         summary = _train_and_summarise(cfg, bundle, trainer, None, out)
+        distributed.wait_for_all()
+        distributed.shutdown()
         return RunResult(None, trainer.history, summary)
     session = RunSession(
         run,
@@ -159,7 +166,10 @@ def run_recipe(
         member=member,
         device=str(trainer.device),
         resumed=(trainer.epoch, trainer.global_step) if checkpoint is not None else None,
-        trackers=make_trackers(c.wandb, c.mlflow, experiment, run.id, cfg.to_flat(), str(run.path)),
+        trackers=[
+            *make_trackers(c.wandb, c.mlflow, experiment, run.id, cfg.to_flat(), str(run.path)),
+            *(trackers or []),
+        ],
     )
     try:
         with session, sigterm_as_interrupt():
@@ -175,7 +185,32 @@ def run_recipe(
             session.finish(summary, "diverged" if trainer.diverged else "finished")
     finally:
         store.close()
+    distributed.wait_for_all()  # the other processes leave with rank 0
+    distributed.shutdown()
     return RunResult(run.path, trainer.history, {**summary, "status": session.status})
+
+
+def locate_run(
+    cfg: RunConfig, run_dir: str | Path | None
+) -> tuple[RunConfig, Path | None, dict[str, Any] | None, Path | None]:
+    """Where a run reads and writes, checked before anything is made: a resumed run's folder
+    and checkpoint (its overrides and position checked), or a new run's runs folder and store.
+    Returns ``(cfg, run_dir, checkpoint, checkpoint path)``."""
+    from mlenv.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+    c = cfg.train
+    if not c.resume:
+        return new_run_locations(cfg), Path(run_dir) if run_dir else None, None, None
+    if c.resume in ("last", "best") and run_dir is None:
+        run_dir = latest_run(c.runs_dir, c.experiment or cfg.recipe, c.resume)
+    folder = Path(run_dir) / "checkpoints" if run_dir else None
+    resume_path = resolve_checkpoint(c.resume, folder)
+    run_dir = checkpoint_run_folder(resume_path, run_dir)
+    checkpoint = load_checkpoint(resume_path)
+    check_resume_overrides(checkpoint["config"], cfg, resume_path)
+    cfg = resume_locations(cfg, checkpoint, run_dir)
+    check_resume_position(checkpoint, cfg, run_dir, resume_path)
+    return cfg, run_dir, checkpoint, resume_path
 
 
 def checkpoint_run_folder(path: Path, run_dir: str | Path | None) -> Path:
@@ -361,6 +396,9 @@ def _train_and_summarise(
         "steps_run": trainer.steps_run,  # by this process: all of them unless resumed
         "seconds": round(time.time() - started, 2),
     }
+    if trainer.world.size > 1:  # each process trained its share of every batch
+        summary["processes"] = trainer.world.size
+        summary["rows_per_process"] = trainer.rows_per_process
     summary.update({k: v for k, v in result.last.items() if k not in ("epoch", "seconds")})
     summary["data"] = bundle.info
     if result.best:
@@ -389,6 +427,230 @@ def _train_and_summarise(
     print(file=out)
     print(format_summary(summary), file=out)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes: `--devices N` launches torchrun; each process runs `run_recipe` in lockstep.
+
+
+def join_launch(cfg: RunConfig) -> tuple[RunConfig, Any]:
+    """``--devices`` and ``--strategy`` checked against this process's launch; under torchrun,
+    join its process group. Returns the configuration (``devices`` as torchrun started them on
+    this machine, so a resume starts as many) and this process's ``World``."""
+    from mlenv.runtime import distributed
+    from mlenv.runtime.device import choose_device
+
+    c = cfg.train
+    if not distributed.launched():
+        distributed.check_devices(c.devices, c.device, c.strategy)
+        return cfg, distributed.world()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if c.devices not in (1, local):
+        raise ConfigError(
+            f"--devices {c.devices}: torchrun started {local} processes on this machine; "
+            f"give --devices {local} or leave it out"
+        )
+    distributed.check_devices(local, c.device, c.strategy)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(c, devices=local))
+    device = distributed.process_device(choose_device(c.device))
+    return cfg, distributed.init_process_group(device)
+
+
+def launch_recipe(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    out: Any = None,
+    group_id: int | None = None,
+    member: str | None = None,
+    trackers: list[Any] | None = None,
+) -> RunResult:
+    """``--devices N`` outside torchrun: check here what can be checked (devices, a resumed
+    checkpoint, the runs folder), name the run folder, then run the recipe in N processes that
+    torchrun starts (``torch.distributed.run``, called in this process). When a process dies, the
+    run gets a final status that names it (``killed`` by a signal, else ``failed``)."""
+    import tempfile
+
+    import yaml
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    from mlenv.runtime import distributed
+    from mlenv.track.run import Run
+
+    out = out or sys.stdout
+    c = cfg.train
+    if trackers:
+        raise ConfigError(
+            f"--devices {c.devices}: in-process trackers (a sweep's pruner) see only this "
+            "process; give --devices 1"
+        )
+    distributed.check_devices(c.devices, c.device, c.strategy)
+    located, run_dir, _, _ = locate_run(cfg, run_dir)
+    if run_dir is None and not c.fast_dev_run:
+        run_dir = Run.plan(located.train.runs_dir, c.experiment or cfg.recipe).path
+    with tempfile.TemporaryDirectory(prefix="mlenv-launch-") as tmp:
+        spec = Path(tmp)
+        (spec / "spec.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "config": cfg.to_flat(),
+                    "run_dir": str(run_dir) if run_dir else None,
+                    "group_id": group_id,
+                    "member": member,
+                }
+            )
+        )
+        argv = ["--standalone", "--nnodes", "1", "--nproc-per-node", str(c.devices)]
+        argv += ["--module", "mlenv.train.run", str(spec)]
+        print(f"torchrun: {c.devices} processes", file=out, flush=True)
+        try:
+            with _omp_threads(c.devices), _quiet_torchrun():
+                torchrun(parse_args(argv))
+        except ChildFailedError as exc:
+            _launch_failed(exc, spec, located, run_dir, c.devices)
+        except SignalException as exc:
+            from mlenv.train.trainer import TrainingInterrupted
+
+            reported = _read_json(spec / "error.json")
+            message = reported.get("message") or f"stopped by {exc.sigval.name}"
+            raise TrainingInterrupted(message) from None
+        result = _read_json(spec / "result.json")
+    folder = result.get("run_dir")
+    return RunResult(Path(folder) if folder else None, result["history"], result["summary"])
+
+
+@contextlib.contextmanager
+def _omp_threads(processes: int) -> Iterator[None]:
+    """torchrun sets OMP_NUM_THREADS=1 for its processes (and says so) unless it is set; set it
+    to this machine's cores over the processes (the Trainer then picks each one's threads)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // processes))
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
+@contextlib.contextmanager
+def _quiet_torchrun() -> Iterator[None]:
+    """torchrun's own log lines (closing signals, exit codes) say again what the launcher's one
+    line says; a process's traceback still shows, from the process itself."""
+    import logging
+
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.startswith("torch.distributed.elastic")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _launch_failed(
+    exc: Any, spec: Path, cfg: RunConfig, run_dir: Path | None, processes: int
+) -> None:
+    """A launch whose processes did not all end well: rank 0's own error when it raised one
+    (a bad CSV, a non-finite loss, a stop by signal); else the first process that died, which
+    the run's summary and the store record (``killed`` by a signal, else ``failed``)."""
+    from mlenv import errors
+    from mlenv.train.trainer import TrainingInterrupted
+
+    reported = _read_json(spec / "error.json")
+    if reported:
+        kinds = {"TrainingInterrupted": TrainingInterrupted}
+        kind = kinds.get(reported["kind"]) or getattr(errors, reported["kind"], errors.MlenvError)
+        raise kind(reported["message"])
+    rank, failure = exc.get_first_failure()
+    if failure.exitcode < 0:
+        status, how = "killed", f"was killed by {failure.signal_name()}"
+    else:
+        status, how = "failed", f"exited with code {failure.exitcode}"
+    reason = f"process {rank} of {processes} (pid {failure.pid}) {how}"
+    if run_dir is None or not (Path(run_dir) / "summary.json").is_file():
+        raise errors.TrainingError(reason)
+    _record_end(cfg, Path(run_dir), status, reason)
+    raise errors.TrainingError(
+        f"{reason}; the run {Path(run_dir).name} is marked {status}; "
+        f"resume it from its last checkpoint with: mlenv train --resume-run {run_dir}"
+    )
+
+
+def _record_end(cfg: RunConfig, run_dir: Path, status: str, reason: str) -> None:
+    """The final status of a run whose rank 0 could not record it (it died, or it saw only a
+    lost connection): ``summary.json`` and the store."""
+    from mlenv.track.run import Run
+    from mlenv.track.store import Store
+
+    run = Run(run_dir)
+    summary = run.read_summary()
+    if summary.get("status") not in (None, "running", "failed"):
+        return  # rank 0 recorded its own end (finished, interrupted, ...)
+    run.write_summary({**summary, "status": status, "stop_reason": reason})
+    store = Store(cfg.train.store)
+    try:
+        store.finish_run(run.id, status, None, error=reason)
+    finally:
+        store.close()
+
+
+def worker_main(argv: list[str]) -> int:
+    """One of the processes ``launch_recipe`` starts: ``python -m mlenv.train.run SPEC_DIR``.
+    Rank 0 leaves its error (for the launcher to print once) or its result in SPEC_DIR."""
+    import yaml
+
+    from mlenv.config import recipe_from_config, resolve
+    from mlenv.errors import MlenvError
+    from mlenv.runtime import distributed
+    from mlenv.train.trainer import TrainingInterrupted
+
+    spec = Path(argv[0])
+    rank = int(os.environ.get("RANK", "0"))
+    job = yaml.safe_load((spec / "spec.yaml").read_text())
+
+    def leave(name: str, value: dict[str, Any]) -> None:
+        if rank == 0:
+            from mlenv.train.checkpoint import atomic_write_bytes
+
+            atomic_write_bytes(spec / name, json.dumps(value, default=str).encode())
+
+    try:
+        flat = job["config"]
+        cfg = resolve(recipe_from_config(flat["recipe"]), [], base=flat)
+        result = run_recipe(cfg, job["run_dir"], group_id=job["group_id"], member=job["member"])
+        leave("result.json", dataclasses.asdict(result))
+        return 0
+    except MlenvError as exc:
+        leave("error.json", {"kind": type(exc).__name__, "message": str(exc)})
+        return 130 if isinstance(exc, TrainingInterrupted) else 2
+    except KeyboardInterrupt:
+        leave("error.json", {"kind": "TrainingInterrupted", "message": "interrupted"})
+        return 130
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        first = str(exc).strip().splitlines()[0]
+        print(f"mlenv: process {rank}: lost another process ({first})", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,3 +799,9 @@ def predict_csv(
         accuracy = float((table["predicted"] == table["label"]).mean())
     atomic_write_bytes(out, table.to_csv(index=False, float_format="%.8g").encode())
     return len(table), accuracy
+
+
+if __name__ == "__main__":  # a process of a launch: torchrun runs this module
+    from mlenv.train.run import worker_main as _worker_main
+
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -13,6 +13,7 @@ is given, and its loop state lives in one ``TrainState`` that checkpoints save.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import signal
@@ -30,6 +31,7 @@ from torch import nn
 from mlenv.config import TrainConfig, resolve_mode
 from mlenv.data.batching import Batches, LoaderBatches, TensorBatches, make_batches
 from mlenv.errors import CheckpointError, ConfigError, TrainingError
+from mlenv.runtime import distributed
 from mlenv.runtime.device import choose_device
 from mlenv.runtime.seed import capture_rng_state, restore_rng_state, seed_everything
 from mlenv.runtime.threads import apply_threads, choose_threads, estimate_flops
@@ -42,6 +44,7 @@ from mlenv.train.checkpoint import (
     serialize,
     strip_compile_prefix,
 )
+from mlenv.train.parallel import ShardedBatches, full_tensor, like_parameter
 from mlenv.train.schedules import LRSchedule
 from mlenv.train.state import EpochSums, TrainState
 from mlenv.train.tasks import Task, split_batch
@@ -59,6 +62,8 @@ RESUMABLE_FIELDS = (
     "profile",
     "threads",
     "device",
+    "devices",
+    "strategy",
     "resume",
     "test_on",
     "wandb",
@@ -137,7 +142,9 @@ class Trainer:
         self.task = task if task is not None else Task(criterion)
         self.run = None if config.fast_dev_run else run
         self.run_config = run_config or {"train": config.to_dict()}
-        self.device = choose_device(config.device)
+        self.device = distributed.process_device(choose_device(config.device))
+        # under torchrun: join the process group; every process runs the same loop in lockstep
+        self.world = distributed.init_process_group(self.device)
         self.state = TrainState()
         self.threads: int | None = None
         self.stop_reason = ""
@@ -157,8 +164,22 @@ class Trainer:
         self._has_val = False
         self._batch_metric_names: list[str] = []
         self.steps_run = 0  # optimizer steps taken by this process (a resume proves its start)
+        self.rows_trained = 0  # training rows this process computed on (its shares under DDP)
+        self.rows_per_process: list[int] = []  # every process's rows_trained, after fit
         self.diverged = False
         self.resumed_at: dict[str, int] | None = None
+        self._parallel_model: nn.Module | None = None  # DDP or FSDP2 model, while fitting
+        self._local_model: nn.Module | None = None  # the model as one process uses it
+        self._skeleton: nn.Module | None = None  # FSDP2: the model's structure, on no device
+        self._gathered = False  # FSDP2: fit has ended and gathered the model on rank 0
+        self._shard_weight = 1.0  # n_r * N / n of this process's share of the batch
+        self._agreed_stop = False  # a stop request seen by any process, at the last step
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files and prints (rank 0 of a torchrun launch,
+        or the only process)."""
+        return self.run is not None and self.world.rank == 0
 
     # Loop position, kept in ``state`` (these names are what the loop and the docs use).
     @property
@@ -237,6 +258,7 @@ class Trainer:
     def setup(self, example_batch: Any, steps_per_epoch: int) -> None:
         """Threads, device, criterion; then optimizer, schedule, scaler and callbacks."""
         self.setup_model(example_batch)
+        self.setup_parallel()
         self.setup_optimization(steps_per_epoch)
 
     def setup_model(self, example_batch: Any) -> None:
@@ -248,6 +270,8 @@ class Trainer:
         if c.threads is None and self.device.type == "cpu":
             flops = estimate_flops(self.raw_model, split_batch(example_batch)[0])
         self.threads = choose_threads(flops, c.threads)
+        if c.threads is None and self.world.local_size > 1:  # the cores are shared by N processes
+            self.threads = max(1, self.threads // self.world.local_size)
         apply_threads(self.threads)
         self.raw_model.to(self.device)
         self._params = [p for p in self.raw_model.parameters() if p.requires_grad]
@@ -257,8 +281,50 @@ class Trainer:
         self._term_names = losses.term_names(self.criterion)
         amp = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[c.precision]
         self._amp_dtype = amp
+        if self.world.size > 1 and self.device.type == "cuda":
+            # batch statistics over the global batch, as one process computes them (GPU only)
+            self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
         self.model = torch.compile(self.raw_model) if c.compile else self.raw_model
         self._model_ready = True
+
+    @property
+    def fsdp(self) -> bool:
+        return self.world.size > 1 and self.config.strategy == "fsdp"
+
+    def setup_parallel(self) -> None:
+        """Under torchrun, once: DDP around the model, or (``strategy`` fsdp) the model sharded
+        with FSDP2. ``fit`` trains through it; evaluate and predict use the model itself (after
+        FSDP2, gathered whole on rank 0)."""
+        if self.world.size == 1 or self._parallel_model is not None:
+            return
+        from mlenv.train.parallel import shard_fsdp, wrap_ddp
+
+        if self.fsdp:
+            self._skeleton = copy.deepcopy(self.raw_model).to("meta")
+            shard_fsdp(self.raw_model)  # in place: its parameters become shards (DTensors)
+            self._params = [p for p in self.raw_model.parameters() if p.requires_grad]
+            parallel = self.raw_model
+        else:
+            self._local_model = self.model
+            parallel = wrap_ddp(self.raw_model, self.device)
+        self._parallel_model = torch.compile(parallel) if self.config.compile else parallel
+        self.model = self._parallel_model
+
+    def _gather_fsdp_model(self) -> None:
+        """After an FSDP2 fit: the trained weights, gathered, in a plain model on rank 0 (for
+        the test evaluation, the weights file and the report)."""
+        from mlenv.train.parallel import full_model_state
+
+        state = full_model_state(self.raw_model)
+        self._gathered = True
+        if self.world.rank != 0:
+            return
+        plain = self._skeleton.to_empty(device=self.device)
+        plain.load_state_dict(state)
+        self.raw_model = plain
+        self._params = [p for p in plain.parameters() if p.requires_grad]
+        self._local_model = torch.compile(plain) if self.config.compile else plain
+        self.model = self._local_model
 
     def setup_optimization(self, steps_per_epoch: int) -> None:
         """Optimizer, schedule, grad scaler, early stopping and top-k; rebuilt only while no
@@ -317,6 +383,8 @@ class Trainer:
         sees their mean) and scaled by the grad scaler under fp16."""
         if self._accumulated > 1:
             total = total / self._accumulated
+        if self._shard_weight != 1.0:  # this process's share of the global batch's mean
+            total = total * self._shard_weight
         self.scaler.scale(total).backward()
 
     def clip_gradients(self) -> torch.Tensor:
@@ -326,11 +394,12 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self._params if p.grad is not None]
         if c.grad_clip is not None and c.grad_clip_mode == "norm":
-            return torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip)
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if c.grad_clip is not None:
-            torch.nn.utils.clip_grad_value_(self._params, c.grad_clip)
-        return norm
+            norm = torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if c.grad_clip is not None:
+                torch.nn.utils.clip_grad_value_(self._params, c.grad_clip)
+        return full_tensor(norm) if self.fsdp else norm
 
     def optimizer_step(self) -> None:
         """Clip, step (through the grad scaler), zero the gradients, advance the schedule; logs
@@ -376,6 +445,34 @@ class Trainer:
             values[name] = float(metric)
         sums.add(values, n)
 
+    def sync_batch(
+        self,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        metrics: dict[str, Any],
+        rows: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+        """Under torchrun: the global batch's loss, terms and metrics (row-weighted means of
+        every process's share), its size, and whether any process was asked to stop, in one
+        all-reduce; sets the weight of this process's loss in the backward."""
+        names = [*terms, *metrics]
+        local = [total.detach(), *(t.detach() for t in terms.values())]
+        local += [torch.as_tensor(m, device=self.device).detach() for m in metrics.values()]
+        vector = torch.zeros(len(local) + 2, dtype=torch.float64, device=self.device)
+        if rows:  # a stand-in row (rows == 0) adds nothing
+            vector[: len(local)] = torch.stack([v.reshape(()).double() for v in local]) * rows
+        vector[-2] = rows
+        vector[-1] = 1.0 if self._stop.signal_name else 0.0
+        distributed.all_reduce_sum(vector)
+        n = int(vector[-2].item())
+        self._agreed_stop = bool(vector[-1].item() > 0)
+        if self._agreed_stop and self._stop.signal_name is None:
+            self._stop.signal_name = "a signal to another process"
+        self._shard_weight = rows * self.world.size / n
+        means = vector[: len(local)] / n
+        reduced = dict(zip(names, means[1:], strict=True))
+        return means[0], {k: reduced[k] for k in terms}, {k: reduced[k] for k in metrics}, n
+
     def _nonfinite(self, values: dict[str, float], terms: dict[str, torch.Tensor]) -> None:
         from mlenv.train.nonfinite import first_nonfinite_layer
 
@@ -401,7 +498,7 @@ class Trainer:
         """Batches moved to the device, with a progress bar."""
         from tqdm.auto import tqdm
 
-        on_device = isinstance(batches, TensorBatches)
+        on_device = isinstance(batches, TensorBatches) or getattr(batches, "on_device", False)
         if on_device:
             batches.to(self.device)
         total = len(batches) - batches.start
@@ -410,7 +507,7 @@ class Trainer:
             total=total,
             desc=desc,
             leave=False,
-            disable=not (self.config.progress and sys.stderr.isatty()),
+            disable=not (self.config.progress and sys.stderr.isatty() and self.world.rank == 0),
             dynamic_ncols=True,
             mininterval=0.5,
         )
@@ -427,16 +524,23 @@ class Trainer:
         accumulate = self.config.accumulate
         n_batches = len(batches)
         started = time.perf_counter()
+        sharded = isinstance(batches, ShardedBatches)
         for batch in self.iterate(batches, f"epoch {s.epoch + 1}"):
             self._current_batch = batch
             total, terms, predictions = self.compute_loss(batch)
-            values = self.loss_values(total, terms)
-            group_start = s.batch_in_epoch - s.batch_in_epoch % accumulate
-            self._accumulated = min(accumulate, n_batches - group_start)
-            self.backward(total)
             with torch.no_grad():
                 metrics = self.batch_metrics(predictions, batch)
             size = self.batch_size_of(batch)
+            if sharded:  # the global batch's loss, metrics and size, on every process
+                self.rows_trained += batches.rows
+                reduced, terms, metrics, size = self.sync_batch(total, terms, metrics, batches.rows)
+                values = self.loss_values(reduced, terms)
+            else:
+                self.rows_trained += size
+                values = self.loss_values(total, terms)
+            group_start = s.batch_in_epoch - s.batch_in_epoch % accumulate
+            self._accumulated = min(accumulate, n_batches - group_start)
+            self.backward(total)
             self.record(values, metrics, size, s.sums)
             s.group_loss += values["loss"]
             s.group_batches += 1
@@ -445,7 +549,7 @@ class Trainer:
             if s.batch_in_epoch % accumulate == 0 or s.batch_in_epoch == n_batches:
                 self.optimizer_step()
                 self.after_optimizer_step()
-            if self._stop.signal_name:
+            if self._agreed_stop if sharded else self._stop.signal_name:
                 s.train_seconds_in_epoch += time.perf_counter() - started
                 self._save_and_exit()
         s.train_seconds_in_epoch += time.perf_counter() - started
@@ -456,14 +560,25 @@ class Trainer:
         """One pass without gradients; returns ``<prefix>_*`` means."""
         self.model.eval()
         sums = EpochSums()
-        collected: list[tuple[torch.Tensor, torch.Tensor]] = []
+        collected: list[Any] = []
+        sharded = isinstance(batches, ShardedBatches)
         for batch in self.iterate(batches, prefix):
             self._current_batch = batch
-            total, terms, predictions = self.compute_loss(batch)
+            total, terms, predictions = self.compute_loss(batch)  # every process, every batch
+            if sharded and batches.rows == 0:  # a stand-in row: nothing to count
+                if self.collect_predictions:
+                    collected.append(None)
+                continue
             metrics = self.batch_metrics(predictions, batch)
             self.record(self.loss_values(total, terms), metrics, self.batch_size_of(batch), sums)
             if self.collect_predictions:
                 collected.append((predictions.float().cpu(), split_batch(batch)[1].cpu()))
+        if sharded:  # every process's sums and predictions, as one process has them
+            from mlenv.train.parallel import gather_validation
+
+            sums.totals, sums.count, collected = gather_validation(
+                sums.totals, sums.count, collected
+            )
         means = sums.means(prefix)
         self._batch_metric_names = list(sums.totals)
         if collected:
@@ -492,12 +607,19 @@ class Trainer:
         if c.overfit_batches:
             train = self._overfit_subset(train)
             val = train
+        if self.world.size > 1:  # this process's share of every global batch
+            w = self.world
+            train = ShardedBatches(train, w.rank, w.size)
+            val = ShardedBatches(val, w.rank, w.size) if val is not None else None
         fresh = self.state.global_step == 0 and self.state.epoch == 0
         if fresh and not c.resume and self._pending_resume is None:
-            # Dropout and a user DataLoader's order follow the seed; the weights are the model's.
-            seed_everything(c.seed, c.deterministic)
+            # Dropout and a user DataLoader's order follow the seed (and the rank: each process
+            # draws its own dropout masks); the weights are the model's.
+            seed_everything(c.seed + self.world.rank, c.deterministic)
         example = self._first_batch(train)
         self.setup(self.to_device(example), len(train))
+        if self._parallel_model is not None:  # fit trains through DDP
+            self.model = self._parallel_model
         if self._pending_resume is not None:
             self.restore(*self._pending_resume)
             self._pending_resume = None
@@ -561,29 +683,42 @@ class Trainer:
                 f"fit: this trainer has already trained {self.state.epoch} of {epochs} epochs; "
                 "raise config.epochs to train further (or make a new Trainer)"
             )
+        if self.fsdp and self._gathered:
+            raise TrainingError(
+                "fit: under --strategy fsdp a Trainer fits once (its model is then gathered "
+                "on rank 0); make a new Trainer to train further"
+            )
         train, val = self.prepare(train_data, val_data)
         self._prepared = None  # a later fit() prepares its data again
         self._train_batches = train
-        if c.plot_lr and self.run is not None:
+        if c.plot_lr and self.writes:
             from mlenv.train.schedules import plot_schedule
 
             plot_schedule(c, self.steps_per_epoch, self.run.plots / "lr_schedule.png")
         start = time.perf_counter()
         self.stop_reason = f"completed {epochs} epochs"
-        with _StopRequest() as self._stop, self._profiler() as profiler:
-            self._profiler_step = profiler.step if profiler is not None else None
-            while self.state.epoch < epochs:
-                try:
-                    metrics = self._run_epoch(train, val)
-                except Diverged as exc:  # stop at once; the last checkpoint is the last good one
-                    self.stop_reason = str(exc)
-                    self.diverged = True
-                    print(f"mlenv: {exc}", file=sys.stderr)
-                    break
-                reason = self._epoch_end(metrics)
-                if reason:
-                    self.stop_reason = reason
-                    break
+        try:
+            with _StopRequest() as self._stop, self._profiler() as profiler:
+                self._profiler_step = profiler.step if profiler is not None else None
+                while self.state.epoch < epochs:
+                    try:
+                        metrics = self._run_epoch(train, val)
+                    except Diverged as exc:  # stop at once; the last checkpoint is the last good
+                        self.stop_reason = str(exc)
+                        self.diverged = True
+                        if self.world.rank == 0:
+                            print(f"mlenv: {exc}", file=sys.stderr)
+                        break
+                    reason = self._epoch_end(metrics)
+                    if reason:
+                        self.stop_reason = reason
+                        break
+        finally:
+            if self._local_model is not None:  # evaluate and predict run in one process
+                self.model = self._local_model
+        self.rows_per_process = distributed.all_gather_object(self.rows_trained)
+        if self.fsdp:
+            self._gather_fsdp_model()
         self.flush_steps()
         best = {}
         if self.top_k is not None and self.top_k.kept:
@@ -639,13 +774,13 @@ class Trainer:
                 ranked = self.top_k.rank(s.epoch, monitored)
             if due or ranked is not None:
                 data = self.save("last")
-                if ranked is not None:
+                if ranked is not None and self.writes:
                     self.top_k.write(ranked, data)
         return reason
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """One line per epoch on the terminal (with ``progress``), and the run folder's files."""
-        if self.config.progress:
+        if self.config.progress and self.world.rank == 0:
             shown = "  ".join(
                 f"{k} {v:.4g}"
                 for k, v in metrics.items()
@@ -653,7 +788,7 @@ class Trainer:
             )
             total = 1 if self.config.fast_dev_run else self.config.epochs
             print(f"epoch {self.epoch}/{total}  {shown}  ({metrics['seconds']:.2f} s)", flush=True)
-        if self.run is None:
+        if not self.writes:
             return
         self.flush_steps()
         self.run.log_epoch(metrics, self.epoch, self.global_step)
@@ -661,7 +796,8 @@ class Trainer:
 
     def flush_steps(self) -> None:
         """Hand the buffered per-step values to the run (TensorBoard, store) in one go."""
-        if self.run is None or not self._step_rows:
+        if not self.writes or not self._step_rows:
+            self._step_rows = []
             return
         rows = [(n, float(v), step) for n, v, step in self._step_rows]
         self._step_rows = []
@@ -694,7 +830,7 @@ class Trainer:
         if self.state.batch_in_epoch % self.config.accumulate == 0:
             return {}
         return {
-            name: p.grad.detach().clone()
+            name: full_tensor(p.grad.detach()).clone()  # FSDP2: gathered whole
             for name, p in self.raw_model.named_parameters()
             if p.grad is not None
         }
@@ -705,28 +841,47 @@ class Trainer:
         s.top_k = self.top_k.state_dict() if self.top_k else None
         if isinstance(getattr(self, "_train_batches", None), LoaderBatches):
             s.data_order = self._train_batches.order_state
+        if self.fsdp and not self._gathered:  # sharded: gathered whole on rank 0
+            from mlenv.train.parallel import full_model_state, full_optimizer_state
+
+            model = full_model_state(self.raw_model)
+            optimizer = full_optimizer_state(self.raw_model, self.optimizer)
+        else:
+            model = strip_compile_prefix(self.raw_model.state_dict())
+            optimizer = self.optimizer.state_dict()
         return {
-            "model": strip_compile_prefix(self.raw_model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
+            **self._rng_of_every_process(),
             "state": s.state_dict(),
             "grads": self.pending_gradients(),
             "config": self.run_config,
             "extra": self.extra_state(),
         }
 
+    def _rng_of_every_process(self) -> dict[str, Any]:
+        """Under torchrun: every process's RNG states (each draws its own dropout masks), so a
+        resume with as many processes continues each one's stream."""
+        if self.world.size == 1:
+            return {}
+        return {"rng_ranks": distributed.all_gather_object(capture_rng_state())}
+
     def save(self, name: str = "last") -> bytes:
         """Write ``checkpoints/<name>.pt`` atomically; returns the bytes (for top-k copies).
-        The values logged so far are flushed first, so the logs never run behind a checkpoint."""
-        from mlenv.runtime.distributed import is_main_process
+        The values logged so far are flushed first, so the logs never run behind a checkpoint.
+        Under torchrun every process calls it (it gathers their RNG states); rank 0 writes, the
+        others get ``b""``."""
         from mlenv.train.checkpoint import FORMAT_VERSION, atomic_write_bytes
 
         self.flush_steps()
-        data = serialize({"format_version": FORMAT_VERSION, **self.state_dict()})
-        if is_main_process():  # under DDP every rank holds the same state; rank 0 writes it
-            atomic_write_bytes(self.run.checkpoints / f"{name}.pt", data)
+        state = self.state_dict()
+        if not self.writes:  # every process holds the same weights and loop state
+            return b""
+        data = serialize({"format_version": FORMAT_VERSION, **state})
+        atomic_write_bytes(self.run.checkpoints / f"{name}.pt", data)
         return data
 
     def save_weights(self, path: str | Path) -> Path:
@@ -752,9 +907,20 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any], path: str | Path) -> None:
         """Weights, optimizer, schedule, scaler, loop state, pending gradients, RNG."""
-        load_model_state(self.raw_model, checkpoint["model"], path)
+        sharded = self.fsdp and not self._gathered
+        if sharded:
+            from mlenv.train.parallel import load_full_model_state
+
+            load_full_model_state(self.raw_model, checkpoint["model"], path)
+        else:
+            load_model_state(self.raw_model, checkpoint["model"], path)
         try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if sharded:
+                from mlenv.train.parallel import load_full_optimizer_state
+
+                load_full_optimizer_state(self.raw_model, self.optimizer, checkpoint["optimizer"])
+            else:
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.scaler.load_state_dict(checkpoint["scaler"])
         except (KeyError, ValueError) as exc:
@@ -770,14 +936,27 @@ class Trainer:
             self.top_k.load_state_dict(s.top_k)
         params = dict(self.raw_model.named_parameters())
         for name, grad in checkpoint.get("grads", {}).items():
-            params[name].grad = grad.to(params[name].device)
+            params[name].grad = like_parameter(params[name], grad)
         self.load_extra_state(checkpoint.get("extra", {}))
-        restore_rng_state(checkpoint["rng"])
+        self._restore_rng(checkpoint)
         self.resumed_at = {
             "epoch": s.epoch,
             "batch_in_epoch": s.batch_in_epoch,
             "global_step": s.global_step,
         }
+
+    def _restore_rng(self, checkpoint: dict[str, Any]) -> None:
+        """This process's RNG states: its own when the checkpoint has one per process for as
+        many processes; else rank 0's, with the rank folded into torch's seed so processes do
+        not draw the same dropout masks."""
+        w = self.world
+        per_rank = checkpoint.get("rng_ranks") or []
+        if w.size > 1 and len(per_rank) == w.size:
+            restore_rng_state(per_rank[w.rank])
+            return
+        restore_rng_state(checkpoint["rng"])
+        if w.rank > 0:
+            torch.manual_seed(int(torch.randint(0, 2**62, ())) + w.rank)
 
     def _save_and_exit(self) -> None:
         if self.run is not None:
@@ -803,7 +982,7 @@ class Trainer:
         return TensorBatches(tensors, self.config.batch_size, shuffle=False, seed=self.config.seed)
 
     def _profiler(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.config.profile or self.run is None:
+        if not self.config.profile or not self.writes:
             return contextlib.nullcontext()
         from torch.profiler import ProfilerActivity, profile, schedule
 
