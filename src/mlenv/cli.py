@@ -37,6 +37,10 @@ commands:
         [--pruner median|hyperband|none] [--metric val_loss --mode min] [--flags]
                               an Optuna search; every trial is a run (resumable: run it again)
   sweep show STUDY [--storage URL] [--out DIR]   best trials, importances, plots
+  doctor RECIPE [--flags] | doctor --run RUN_DIR   short checks of why a run fails, with fixes
+  lr-find RECIPE [--flags]    learning-rate range test: loss against lr, a suggested lr
+  generate --weights RUN --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K]
+           [--top-p P] [--seed S]   text from a trained language model, streamed
   runs list [--experiment E] [--sort METRIC] | runs show ID | runs delete ID [--yes] [--force]
   bench RECIPE|MODEL [--batch-sizes 1,32,256] [--input-shape 20] [--threads N] [--out FILE.jsonl]
                               parameters, FLOPs, latency percentiles, throughput, peak memory
@@ -67,6 +71,9 @@ COMMANDS = (
     "runs",
     "bench",
     "sweep",
+    "doctor",
+    "lr-find",
+    "generate",
 )
 
 
@@ -119,6 +126,9 @@ def _run(argv: list[str]) -> int:
         "runs": cmd_runs,
         "bench": cmd_bench,
         "sweep": cmd_sweep,
+        "doctor": cmd_doctor,
+        "lr-find": cmd_lr_find,
+        "generate": cmd_generate,
     }
     try:
         return handlers[command](rest)
@@ -1057,6 +1067,24 @@ def cmd_book(argv: list[str]) -> int:
     run_step(args.step, out, args.data, options)
     print(f"plots and results.json in {out or f'book-out/{args.step}'}")
     return 0
+
+
+def cmd_doctor(argv: list[str]) -> int:
+    from mlenv.doctor.command import cmd_doctor as run
+
+    return run(argv)
+
+
+def cmd_lr_find(argv: list[str]) -> int:
+    from mlenv.doctor.command import cmd_lr_find as run
+
+    return run(argv)
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from mlenv.generate import cmd_generate as run
+
+    return run(argv)
 
 
 if __name__ == "__main__":
