@@ -21,6 +21,7 @@ EXAMPLES = {
         lambda: torch.randn(4, 1, 28, 28),
     ),
     "rnn-lm": ({"vocab_size": 11}, lambda: torch.randint(0, 11, (2, 7))),
+    "gpt": ({"vocab_size": 11, "block_size": 8}, lambda: torch.randint(0, 11, (2, 7))),
     # the UNets take (x, t[, labels]) and give the noise, one value per pixel: dim is the channels
     "unet": (
         {"channels": (4, 8, 8), "time_dim": 8},

@@ -38,6 +38,8 @@ class TrainConfig:
     optimizer: OptimizerName = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9
+    beta1: float = 0.9  # Adam/AdamW's moment decays (GPT recipes: beta2 0.98 or 0.99)
+    beta2: float = 0.999
     grad_clip: float | None = None
     grad_clip_mode: Literal["norm", "value"] = "norm"
     accumulate: int = 1
@@ -94,6 +96,9 @@ class TrainConfig:
         _non_negative(self, "weight_decay", "momentum", "warmup_epochs", "warmup_steps")
         _non_negative(self, "min_lr", "save_top_k", "patience", "min_delta")
         _positive(self, "divergence_threshold", "devices")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}: accepts a number in [0, 1), got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr: must not exceed lr ({self.lr:g}), got {self.min_lr:g}")
         if self.early_stopping and self.patience == 0:

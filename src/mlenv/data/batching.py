@@ -207,6 +207,8 @@ def make_batches(
     a ``DataLoader`` as ``Batches``."""
     if isinstance(data, Batches):
         data.limit = limit if limit is not None else getattr(data, "limit", None)
+        if getattr(data, "batch_size", 0) is None:  # a sampler that takes the run's batch size
+            data.batch_size = batch_size
         return data
     if isinstance(data, torch.Tensor):
         data = (data,)

@@ -1,4 +1,9 @@
-"""Character-level text: a vocabulary from the whole file, windows of ``block_size`` tokens.
+"""Text for language models.
+
+``char-text``: characters, a vocabulary from the whole file, non-overlapping windows of
+``block_size`` tokens. ``text-lm``: a character or byte-level BPE tokenizer trained on the
+training split only, and batches of blocks at random offsets, drawn per step as nanoGPT does
+(``RandomBlocks``).
 
 ``read_utf8`` is also how the tabular CSV reader gets its text: a missing path, a folder, a
 binary file or a file that is not UTF-8 is a one-line ``DataError`` naming the file and where.
@@ -7,11 +12,13 @@ binary file or a file that is not UTF-8 is a one-line ``DataError`` naming the f
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from mlenv.data import DataBundle, register_dataset
+from mlenv.data.batching import Batches
 from mlenv.errors import ConfigError, DataError
 
 
@@ -114,4 +121,268 @@ def char_text(
         ),
         model_kwargs={"vocab_size": len(vocab)},
         info={"name": file.name, "chars": len(text), "vocab_size": len(vocab)},
+    )
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+class CharTokenizer:
+    """Characters <-> ids: the training text's sorted alphabet, plus an unknown-character id
+    (U+FFFD) when a text it must encode has characters the training text lacks.
+
+    >>> tok = CharTokenizer.train("hello")
+    >>> tok.decode(tok.encode("hole"))
+    'hole'
+    """
+
+    kind = "char"
+    UNKNOWN = "\ufffd"
+
+    def __init__(self, chars: list[str]) -> None:
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def unknown(self, text: str) -> set[str]:
+        """Characters of ``text`` outside the vocabulary."""
+        return set(text) - self.index.keys()
+
+    def with_unknown(self) -> CharTokenizer:
+        return self if self.UNKNOWN in self.index else CharTokenizer([*self.chars, self.UNKNOWN])
+
+    def encode(self, text: str) -> torch.Tensor:  # (N,) int64
+        unk = self.index.get(self.UNKNOWN)
+        try:
+            return torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        except KeyError:
+            if unk is None:
+                shown = "".join(sorted(self.unknown(text)))[:20]
+                raise DataError(f"text has characters the training text lacks: {shown!r}") from None
+            return torch.tensor([self.index.get(c, unk) for c in text], dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        return "".join(self.chars[i] for i in ids)
+
+    def state(self) -> dict[str, object]:
+        return {"kind": "char", "chars": "".join(self.chars)}
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2's scheme) through the ``tokenizers`` library: any text encodes
+    (256 byte tokens at the base), and decoding gives the text back exactly.
+
+    >>> tok = BPETokenizer.train("the theme of the thesis " * 20, vocab_size=270)
+    >>> tok.decode(tok.encode("the thesis"))
+    'the thesis'
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer: object) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        chunk = 1 << 16  # the trainer counts words per chunk; one huge string works too
+        tokenizer.train_from_iterator(
+            (text[i : i + chunk] for i in range(0, len(text), chunk)), trainer
+        )
+        return cls(tokenizer)
+
+    @classmethod
+    def from_json(cls, text: str) -> BPETokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(text))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> torch.Tensor:  # (N,) int64
+        return torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        return self.tokenizer.decode(ids)
+
+    def state(self) -> dict[str, object]:
+        return {"kind": "bpe", "json": self.tokenizer.to_str()}
+
+
+Tokenizer = CharTokenizer | BPETokenizer
+
+
+def tokenizer_from_state(state: dict[str, object]) -> Tokenizer:
+    """The tokenizer a run saved (``DataBundle.state["tokenizer"]``, kept in every checkpoint)."""
+    if state.get("kind") == "char":
+        return CharTokenizer(list(str(state["chars"])))
+    if state.get("kind") == "bpe":
+        return BPETokenizer.from_json(str(state["json"]))
+    raise DataError(f"unknown tokenizer state {state.get('kind')!r} (expected char or bpe)")
+
+
+# ---------------------------------------------------------------- random blocks
+
+
+class RandomBlocks(Batches):
+    """Language-model batches as nanoGPT draws them: ``steps`` batches of ``batch_size`` blocks
+    at random offsets of one token stream. Inputs (B, T), targets shifted by one (B, T).
+
+    The offsets of epoch ``e`` are a pure function of ``(seed, e)``, so a resumed run draws the
+    batches it would have drawn; with ``fixed`` they are the same every epoch (a validation set
+    that does not move between evaluations). ``batch_size`` None: the run's ``--batch-size``
+    (``make_batches`` sets it).
+    """
+
+    on_device = True  # the Trainer moves the token stream once; batches are sliced there
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        block_size: int,
+        steps: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+        fixed: bool = False,
+    ) -> None:
+        if len(ids) < block_size + 1:
+            raise DataError(
+                f"{len(ids)} tokens are too few for --block-size {block_size} "
+                "(a block needs block_size + 1 tokens)"
+            )
+        self.ids = ids
+        self.block_size = block_size
+        self.steps = steps
+        self.batch_size = batch_size
+        self.seed = seed
+        self.fixed = fixed
+        self.limit: int | None = None
+        self._arange = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        return min(self.steps, self.limit) if self.limit is not None else self.steps
+
+    def offsets(self, epoch: int) -> torch.Tensor:  # (steps, B): start of every block
+        generator = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + (0 if self.fixed else epoch) + (7919 if self.fixed else 0)
+        )
+        high = len(self.ids) - self.block_size  # the last start whose target fits
+        return torch.randint(high, (self.steps, self.batch_size or 1), generator=generator)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        starts = self.offsets(self.epoch).to(self.ids.device)
+        for i in range(self.start, len(self)):
+            rows = self.ids[starts[i, :, None] + self._arange]  # (B, T + 1)
+            yield rows[:, :-1], rows[:, 1:]
+
+    def to(self, device: torch.device) -> RandomBlocks:
+        self.ids = self.ids.to(device)
+        self._arange = self._arange.to(device)
+        return self
+
+
+def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy in nats of the training split's token frequencies (add-one smoothed) on the
+    validation tokens: what a model without context reaches at best."""
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1
+    log_p = (counts / counts.sum()).log()
+    return float(-log_p[val_ids].mean())
+
+
+@register_dataset("text-lm", provides=("vocab_size", "block_size"))
+def text_lm(
+    path: str = "",
+    tokenizer: str = "char",
+    vocab_size: int = 512,
+    block_size: int = 64,
+    val_fraction: float = 0.1,
+    eval_interval: int = 100,
+    eval_iters: int = 20,
+    max_chars: int = 0,
+    seed: int = 0,
+) -> DataBundle:
+    """A UTF-8 text file for language modelling: the first ``1 - val_fraction`` of it trains
+    (the tokenizer, char or byte-level BPE, is trained on that part only), the tail validates.
+    An epoch is ``eval_interval`` random batches; validation is ``eval_iters`` random batches,
+    the same ones every epoch. So ``--epochs E`` trains E * eval_interval steps (nanoGPT's
+    max_iters), evaluating every eval_interval steps."""
+    if tokenizer not in ("char", "bpe"):
+        raise ConfigError(f"--tokenizer: accepts char or bpe, got {tokenizer!r}")
+    if block_size < 1:
+        raise ConfigError(f"--block-size: accepts an integer >= 1, got {block_size}")
+    if tokenizer == "bpe" and vocab_size < 257:
+        raise ConfigError(
+            f"--vocab-size: accepts an integer >= 257 with --tokenizer bpe (256 byte tokens "
+            f"come first), got {vocab_size}"
+        )
+    for flag, value in (("--eval-interval", eval_interval), ("--eval-iters", eval_iters)):
+        if value < 1:
+            raise ConfigError(f"{flag}: accepts an integer >= 1, got {value}")
+    if max_chars < 0:
+        raise ConfigError(
+            f"--max-chars: accepts an integer >= 0 (0: the whole file), got {max_chars}"
+        )
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val-fraction: accepts a fraction in (0, 1), got {val_fraction}")
+    if not path.strip():
+        raise DataError("text-lm: give the text file with --path FILE")
+    file = Path(path)
+    text, _ = read_utf8(file, "--path")
+    if max_chars:
+        text = text[:max_chars]
+    if not text:
+        raise DataError(f"text-lm: {file} is empty")
+    cut = int(len(text) * (1 - val_fraction))  # contiguous: the tail is never trained on
+    train_text, val_text = text[:cut], text[cut:]
+    if tokenizer == "char":
+        tok: Tokenizer = CharTokenizer.train(train_text)
+        if tok.unknown(val_text):
+            tok = tok.with_unknown()
+    else:
+        tok = BPETokenizer.train(train_text, vocab_size)
+    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    for name, ids in (("training", train_ids), ("validation", val_ids)):
+        if len(ids) < block_size + 1:
+            raise DataError(
+                f"{file} ({name} part, --val-fraction {val_fraction}): {len(ids)} tokens are "
+                f"too few for --block-size {block_size} (a block needs block_size + 1)"
+            )
+    return DataBundle(
+        train=RandomBlocks(train_ids, block_size, eval_interval, seed=seed),
+        val=RandomBlocks(val_ids, block_size, eval_iters, seed=seed, fixed=True),
+        model_kwargs={"vocab_size": tok.vocab_size, "block_size": block_size},
+        info={
+            "name": file.name,
+            "tokenizer": tok.kind,
+            "vocab_size": tok.vocab_size,
+            "train_tokens": len(train_ids),
+            "val_tokens": len(val_ids),
+            "chars_per_token": round(len(text) / (len(train_ids) + len(val_ids)), 4),
+            "unigram_val_loss": round(unigram_loss(train_ids, val_ids, tok.vocab_size), 4),
+        },
+        state={
+            "kind": "text",
+            "tokenizer": tok.state(),
+            "chars_per_token": len(text) / (len(train_ids) + len(val_ids)),
+        },
     )

@@ -15,6 +15,7 @@ MODELS = Registry(
         "mlenv.models.hvae",
         "mlenv.models.rnn",
         "mlenv.models.unet",
+        "mlenv.models.gpt",
     ),
 )
 register_model = MODELS.register

@@ -213,10 +213,24 @@ class HVAETask(VAETask):
 
 @register_task("language-model")
 class LanguageModelTask(Task):
-    """Next-token prediction: cross-entropy over (B, T, V) logits."""
+    """Next-token prediction: cross-entropy over (B, T, V) logits, with optional label smoothing
+    (``--label-smoothing``; the loss is then the smoothed one). Metrics: token accuracy
+    (``acc``), and over a validation pass the plain negative log-likelihood in nats (``nll``),
+    bits per token (``bits``: bits per character with a character tokenizer) and perplexity
+    (``ppl``)."""
+
+    collect_predictions = True  # predictions are (B, T, 2): each token's NLL and correctness
+
+    def __init__(self, criterion: Any = None, *, label_smoothing: float = 0.0) -> None:
+        super().__init__(criterion)
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(
+                f"--label-smoothing: accepts a number in [0, 1), got {label_smoothing}"
+            )
+        self.label_smoothing = label_smoothing
 
     def get_criterion(self, model: nn.Module | None = None) -> Any:
-        return self.criterion or nn.CrossEntropyLoss()
+        return self.criterion or nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
 
     def forward_pass(
         self, model: nn.Module, batch: Any, criterion: Any
@@ -224,7 +238,24 @@ class LanguageModelTask(Task):
         tokens, targets = split_batch(batch)
         logits = model(tokens)  # (B, T, V)
         loss = criterion(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return loss, logits
+        with torch.no_grad():
+            nll = F.cross_entropy(
+                logits.detach().float().transpose(1, 2), targets, reduction="none"
+            )
+            correct = (logits.detach().argmax(-1) == targets).float()
+        return loss, torch.stack([nll, correct], dim=-1)  # (B, T, 2)
+
+    def batch_metrics(self, predictions: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
+        return {"acc": predictions[..., 1].mean()}
+
+    def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        import math
+
+        nll = float(predictions[..., 0].double().mean())
+        return {"nll": nll, "bits": nll / math.log(2), "ppl": math.exp(min(nll, 700.0))}
+
+    def metric_modes(self) -> dict[str, str]:
+        return {"acc": "max", "nll": "min", "bits": "min", "ppl": "min"}
 
     def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
         return model(split_batch(batch)[0]).softmax(dim=-1)

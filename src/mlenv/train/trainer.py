@@ -240,8 +240,9 @@ class Trainer:
         # The fused kernel does the same math in one pass over all parameters: 23% less time per
         # step on the 20-64-32-1 MLP (docs/performance.md). It needs floating-point parameters on
         # the CPU or CUDA.
+        betas = (c.beta1, c.beta2)
         fused = self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-        return cls(params, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None)
+        return cls(params, lr=c.lr, betas=betas, weight_decay=c.weight_decay, fused=fused or None)
 
     def extra_state(self) -> dict[str, Any]:
         """Task state kept in checkpoints, as tensors and plain data: by default the data's
