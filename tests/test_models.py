@@ -22,6 +22,11 @@ EXAMPLES = {
     ),
     "rnn-lm": ({"vocab_size": 11}, lambda: torch.randint(0, 11, (2, 7))),
     "gpt": ({"vocab_size": 11, "block_size": 8}, lambda: torch.randint(0, 11, (2, 7))),
+    "bert": ({"vocab_size": 11, "block_size": 8}, lambda: torch.randint(0, 12, (2, 7))),
+    "vit": (
+        {"in_channels": 1, "image_size": 28, "out_features": 10},
+        lambda: torch.randn(4, 1, 28, 28),
+    ),
     # the UNets take (x, t[, labels]) and give the noise, one value per pixel: dim is the channels
     "unet": (
         {"channels": (4, 8, 8), "time_dim": 8},

@@ -16,6 +16,8 @@ MODELS = Registry(
         "mlenv.models.rnn",
         "mlenv.models.unet",
         "mlenv.models.gpt",
+        "mlenv.models.bert",
+        "mlenv.models.vit",
     ),
 )
 register_model = MODELS.register

@@ -24,7 +24,13 @@ from mlenv.registry import Registry
 from mlenv.train import losses
 
 TASKS = Registry(
-    "task", ("mlenv.train.tasks", "mlenv.train.tasks_regression", "mlenv.train.tasks_diffusion")
+    "task",
+    (
+        "mlenv.train.tasks",
+        "mlenv.train.tasks_regression",
+        "mlenv.train.tasks_diffusion",
+        "mlenv.train.tasks_mlm",
+    ),
 )
 register_task = TASKS.register
 TRAINERS = TASKS  # the name recipes and `mlenv list trainers` have used from the start
