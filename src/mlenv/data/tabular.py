@@ -4,9 +4,9 @@ Every problem in the file is an error naming the file, the row (as the line numb
 and the column, unless the user chose a policy (``missing="drop"|"mean"``). The rows are split
 three ways: test, and a validation split carved out of the rest for checkpoint selection and
 early stopping (``val_size``, default 0.1 of all rows; 0 means no validation), so selection never
-sees a test row. The scaler is fitted on the training rows only; everything prediction needs to
-repeat the preprocessing (columns, label mapping, missing-value markers, imputation means, scaler
-mean and scale, the data file's path and SHA-256) is kept in ``DataBundle.state`` and saved in
+sees a test row. The scaler (``standard``, ``robust`` or ``quantile``) is fitted on the training
+rows only; everything prediction needs to repeat the preprocessing (columns, label mapping,
+missing-value markers, imputation means, scaler centre and scale or quantiles, the data file's path and SHA-256) is kept in ``DataBundle.state`` and saved in
 every checkpoint.
 """
 
@@ -29,6 +29,16 @@ from mlenv.data.text import read_utf8
 from mlenv.errors import ConfigError, DataError
 
 MissingPolicy = Literal["error", "drop", "mean"]
+ScalerName = Literal["standard", "robust", "quantile"]
+SCALERS = ("standard", "robust", "quantile")
+# A feature is squashed when more than SQUASH_FRACTION of its scaled test values lie within
+# +-SQUASH_BAND: a few extreme training rows set the scale, and the rest collapse towards 0
+# (a standard normal feature has 4% of its values there).
+SQUASH_BAND = 0.05
+SQUASH_FRACTION = 0.5
+# Test rows that repeat a training row inflate the test metrics; real files hold a few exact
+# duplicates (magic04: 0.9% of its test rows), so training warns from this share on.
+LEAK_FRACTION = 0.02
 # strings that mean "missing" (case-insensitive) besides an empty cell; --na-values replaces them
 DEFAULT_NA_VALUES = "na,nan,null,none,?,n/a"
 # the files write_split makes; replacing a split removes all of them first
@@ -36,6 +46,7 @@ SPLIT_FILES = (
     *(f"{name}{suffix}.csv" for name in ("train", "val", "test") for suffix in ("", "_scaled")),
     "split.json",
 )
+QUANTILES = 1000  # the quantile scaler's reference points (scikit-learn's default)
 
 
 def na_markers(na_values: str) -> set[str]:
@@ -318,6 +329,7 @@ def read_for_prediction(
         lines,
         columns,
         path,
+        state["quantiles"].numpy() if "quantiles" in state else None,
     )
     labels = None
     if target in frame.columns:
@@ -342,10 +354,15 @@ def scale_features(
     lines: np.ndarray,
     columns: list[str],
     path: Path,
+    quantiles: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(features - mean) / scale`` with missing cells imputed, in float64; a result that is not
-    finite as the model's float32 is an error naming the row and column."""
+    finite as the model's float32 is an error naming the row and column. With ``quantiles``
+    (the quantile scaler's (QUANTILES, F) training quantiles) each feature is first mapped
+    through its training quantiles to a standard normal (mean 0 and scale 1 then)."""
     filled = np.where(np.isnan(features), impute_mean, features)
+    if quantiles is not None:
+        filled = quantile_transformer(quantiles).transform(filled)
     with np.errstate(all="ignore"):
         scaled = (filled - scale_mean) / scale_scale
         bad = ~np.isfinite(scaled.astype(np.float32))
@@ -357,6 +374,36 @@ def scale_features(
             f"{scale_scale[j]:g}), beyond float32; rescale the column"
         )
     return scaled
+
+
+def quantile_transformer(quantiles: np.ndarray) -> Any:
+    """scikit-learn's ``QuantileTransformer`` (normal output) with the given training quantiles,
+    (QUANTILES, F): what the quantile scaler fitted, rebuilt for new rows."""
+    from sklearn.preprocessing import QuantileTransformer
+
+    transformer = QuantileTransformer(n_quantiles=len(quantiles), output_distribution="normal")
+    transformer.quantiles_ = quantiles
+    transformer.references_ = np.linspace(0, 1, len(quantiles))
+    transformer.n_features_in_ = quantiles.shape[1]
+    return transformer
+
+
+def near_zero_fraction(scaled: np.ndarray) -> np.ndarray:
+    """(F,) the fraction of each scaled feature's values within +-SQUASH_BAND."""
+    return (np.abs(scaled) <= SQUASH_BAND).mean(axis=0)
+
+
+def shared_rows(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
+    """``(i, j)`` pairs of rows with ``a[i] == b[j]`` (identical features), one per row of ``b``:
+    rows that leak from one split into another."""
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(np.ascontiguousarray(a)):
+        seen.setdefault(row.tobytes(), i)
+    return [
+        (seen[row.tobytes()], j)
+        for j, row in enumerate(np.ascontiguousarray(b))
+        if row.tobytes() in seen
+    ]
 
 
 def _target_column(frame: pd.DataFrame, target: str, path: Path) -> str:
@@ -381,8 +428,10 @@ class TabularSplit:
     val: np.ndarray  # empty with val_size 0 (no validation)
     test: np.ndarray
     impute_mean: np.ndarray  # (F,) training means used for missing values
-    scale_mean: np.ndarray  # (F,) StandardScaler.mean_
-    scale_scale: np.ndarray  # (F,) StandardScaler.scale_
+    scale_mean: np.ndarray  # (F,) the scaler's centre (StandardScaler.mean_, RobustScaler.center_)
+    scale_scale: np.ndarray  # (F,) and scale; 0 and 1 for the quantile scaler
+    scaler: str = "standard"
+    quantiles: np.ndarray | None = None  # (QUANTILES, F) training quantiles (quantile scaler)
 
     def scaled(self, rows: np.ndarray) -> np.ndarray:
         """The rows imputed and scaled, (len(rows), F) float64; checked finite as float32."""
@@ -395,7 +444,31 @@ class TabularSplit:
             t.lines[rows],
             t.columns,
             t.path,
+            self.quantiles,
         )
+
+    def scaling_warning(self) -> str | None:
+        """One line when the cheap data checks fire (features squashed by a few extreme training
+        rows, training rows repeated in the test split), else None; training prints it."""
+        found = []
+        squashed = near_zero_fraction(self.scaled(self.test)) > SQUASH_FRACTION
+        if squashed.any():
+            names = [c for c, s in zip(self.table.columns, squashed, strict=True) if s]
+            found.append(
+                f"{len(names)} of {len(squashed)} features have most scaled test values within "
+                f"+-{SQUASH_BAND:g} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+                f"outliers dominate the {self.scaler} scaling; try --scaler robust or quantile"
+            )
+        f = self.table.features
+        shared = shared_rows(f[self.train], f[self.test])
+        if len(shared) >= LEAK_FRACTION * len(self.test):
+            found.append(
+                f"{len(shared)} of {len(self.test)} test rows repeat a training row (leakage "
+                "between the splits)"
+            )
+        if not found:
+            return None
+        return "; ".join(found) + "; `mlenv doctor` says more"
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -411,6 +484,8 @@ class TabularSplit:
             "impute_mean": torch.tensor(self.impute_mean),
             "scale_mean": torch.tensor(self.scale_mean),
             "scale_scale": torch.tensor(self.scale_scale),
+            "scaler": self.scaler,
+            **({} if self.quantiles is None else {"quantiles": torch.tensor(self.quantiles)}),
             "missing": t.missing,
             "na_values": t.na_values,
             "data_path": str(t.path.resolve()),
@@ -427,12 +502,17 @@ def split_table(
     folds: int = 0,
     fold: int = 0,
     cv_repeat: int = 0,
+    scaler: ScalerName = "standard",
 ) -> TabularSplit:
     """Stratified train/val/test split with ``seed`` (or, with ``folds``, fold ``fold`` as the
     test rows); ``val_size`` (a fraction of all rows, 0 for none) comes out of the non-test rows.
-    Scaler and imputation from the training rows only."""
+    Scaler and imputation from the training rows only: ``standard`` (mean and standard
+    deviation), ``robust`` (median and interquartile range: a few extreme rows do not set the
+    scale) or ``quantile`` (each feature through its training quantiles to a standard normal)."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
+
+    check_scaler(scaler)
 
     counts = np.bincount(table.labels, minlength=2)
     if counts.min() < 2:
@@ -474,9 +554,9 @@ def split_table(
         raise DataError(f"{table.path}: column {table.columns[j]!r} has no value in training rows")
     filled = np.where(np.isnan(train_features), impute, train_features)
     with np.errstate(all="ignore"):  # overflow is reported below, by column
-        scaler = StandardScaler().fit(filled)  # the training rows only
-        scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
-        overflow = ~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_))
+        fitted = StandardScaler().fit(filled)  # the training rows only
+        scale = np.where(fitted.scale_ == 0, 1.0, fitted.scale_)
+        overflow = ~(np.isfinite(fitted.mean_) & np.isfinite(fitted.var_))
     if overflow.any():
         j = int(overflow.argmax())
         i = int(np.abs(filled[:, j]).argmax())
@@ -485,7 +565,41 @@ def split_table(
             f"{filled[i, j]:g} makes the training rows' mean or variance overflow, so scaling "
             "gives no finite values; rescale the column"
         )
-    return TabularSplit(table, train, val, test, impute, scaler.mean_, scale)
+    if scaler == "standard":
+        return TabularSplit(table, train, val, test, impute, fitted.mean_, scale)
+    return _fit_other_scaler(table, train, val, test, impute, filled, scaler)
+
+
+def check_scaler(scaler: str) -> None:
+    if scaler not in SCALERS:
+        raise ConfigError(f"--scaler: accepts {', '.join(SCALERS)}, got {scaler!r}")
+
+
+def _fit_other_scaler(
+    table: TabularTable,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    impute: np.ndarray,
+    filled: np.ndarray,
+    scaler: str,
+) -> TabularSplit:
+    """The robust or quantile scaler fitted on the (imputed) training rows ``filled``."""
+    from sklearn.preprocessing import QuantileTransformer, RobustScaler
+
+    f = filled.shape[1]
+    if scaler == "robust":  # a zero interquartile range gets scale 1, as scikit-learn does
+        robust = RobustScaler().fit(filled)
+        return TabularSplit(
+            table, train, val, test, impute, robust.center_, robust.scale_, scaler="robust"
+        )
+    n = min(QUANTILES, len(filled))
+    fitted = QuantileTransformer(
+        n_quantiles=n, output_distribution="normal", subsample=len(filled), random_state=0
+    ).fit(filled)
+    return TabularSplit(
+        table, train, val, test, impute, np.zeros(f), np.ones(f), "quantile", fitted.quantiles_
+    )
 
 
 def write_split(split: TabularSplit, directory: str | Path, force: bool = False) -> Path:
@@ -520,6 +634,7 @@ def write_split(split: TabularSplit, directory: str | Path, force: bool = False)
         "target": t.target,
         "label_mapping": t.label_mapping(),
         "columns": t.columns,
+        "scaler": split.scaler,
         "scaler_mean": split.scale_mean.tolist(),
         "scaler_scale": split.scale_scale.tolist(),
         "impute_mean": split.impute_mean.tolist(),
@@ -574,15 +689,17 @@ def load_split(
     cv_repeat: int = 0,
     save_split: str = "",
     save_split_force: bool = False,
+    scaler: ScalerName = "standard",
 ) -> TabularSplit:
     """Read, validate and split ``data`` (the arguments are ``tabular_csv``'s); with
     ``save_split``, also write the split there (see ``write_split``)."""
+    check_scaler(scaler)
     check_fraction("test_size", test_size, 1.0)
     check_fraction("val_size", val_size, 1 - test_size, zero=True, why=f"--test-size {test_size}")
     if cv_repeat < 0:
         raise ConfigError(f"--cv-repeat: accepts an integer >= 0, got {cv_repeat}")
     table = read_table(data, target, no_header, missing, drop_constant, na_values)
-    split = split_table(table, test_size, val_size, seed, folds, fold, cv_repeat)
+    split = split_table(table, test_size, val_size, seed, folds, fold, cv_repeat, scaler)
     if save_split:
         write_split(split, save_split, force=save_split_force)
     return split
@@ -648,11 +765,13 @@ def tabular_csv(
     folds: int = 0,
     fold: int = 0,
     cv_repeat: int = 0,
+    scaler: ScalerName = "standard",
 ) -> DataBundle:
     """A CSV of numeric features and a two-valued label (the last column unless --target).
     ``val_size`` of all rows (stratified, out of the non-test rows) is the validation split;
     with 0 there is none (``val`` is None): the test rows are never used for selection.
-    ``folds``/``fold``/``cv_repeat`` select a cross-validation fold as the test rows."""
+    ``folds``/``fold``/``cv_repeat`` select a cross-validation fold as the test rows.
+    ``scaler`` (standard, robust, quantile) is fitted on the training rows only."""
     split = load_split(
         data,
         seed,
@@ -668,6 +787,7 @@ def tabular_csv(
         cv_repeat,
         save_split,
         save_split_force,
+        scaler,
     )
     t = split.table
 
@@ -677,6 +797,7 @@ def tabular_csv(
 
     mapping = ", ".join(f"{v!r} -> {i}" for i, v in enumerate(t.label_values))
     state = split.state()
+    warning = split.scaling_warning()  # printed with the other info lines when training starts
     return DataBundle(
         train=pack(split.train),
         val=pack(split.val) if len(split.val) else None,
@@ -689,6 +810,8 @@ def tabular_csv(
             "dropped_lines": len(t.dropped_rows),
             "data_path": state["data_path"],
             "data_sha256": state["data_sha256"],
+            **({"scaler": scaler} if scaler != "standard" else {}),
+            **({"warning": warning} if warning else {}),
         },
         state=state,
     )

@@ -3,14 +3,19 @@
 PyTorch's BCE clamps each log term at -100, so a certain and correct prediction costs 0, a certain
 and wrong one costs 100, and 0.5 costs ln 2 = 0.693147, never NaN or inf. A port that takes
 log(0) gets inf or NaN and its training is lost; this table shows both.
+
+``check_initial_loss`` (the doctor) compares an untrained model's loss with chance level.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from mlenv.doctor.verdict import Verdict
 
 TARGETS = [1.0, 0.0, 1.0, 0.0]
 CASES = [  # (name, predicted probabilities, expected mean loss)
@@ -85,3 +90,66 @@ def format_loss_table(rows: list[dict]) -> str:
             f"[{grad}]{flag}{note}"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Doctor: the loss of the untrained model against what chance gives.
+
+INITIAL_OK = 1.25  # initial loss / expected up to this: ok; up to INITIAL_FAIL: warn; above: fail
+INITIAL_FAIL = 2.0
+INITIAL_LOW = 0.5  # below this share of the expected loss before any training: suspicious
+
+
+def expected_initial_loss(task: Any, predictions: torch.Tensor) -> tuple[float, str] | None:
+    """What the loss is when the model predicts every class with equal probability: ln 2 for
+    a binary task, ln C for C classes (the width of the logits), else None (no such value)."""
+    from mlenv.train.tasks import BinaryTask, ClassificationTask, LanguageModelTask
+
+    if isinstance(task, BinaryTask):
+        return math.log(2), "ln 2 (binary)"
+    if isinstance(task, ClassificationTask | LanguageModelTask):
+        c = int(predictions.shape[-1])
+        return math.log(c), f"ln {c} ({c} classes)"
+    return None
+
+
+def check_initial_loss(probe: Any) -> Verdict:
+    """The untrained model's loss on one batch against ``expected_initial_loss``: a loss far
+    above it means confident wrong predictions from the start (a last layer initialised large,
+    logits fed where probabilities are expected), far below it that the answer leaks in."""
+    model = probe.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            total, _, predictions = probe.loss()
+    finally:
+        model.train(was_training)
+    loss = float(total)
+    expected = expected_initial_loss(probe.trainer.task, predictions)
+    if expected is None:
+        return Verdict(
+            "initial loss",
+            "skip",
+            f"{loss:.4g} (no chance level known for {type(probe.trainer.task).__name__})",
+            figures={"loss": loss},
+        )
+    value, what = expected
+    ratio = loss / value
+    figures = {"loss": loss, "expected": value, "ratio": ratio}
+    evidence = f"{loss:.4g} on one batch before training; chance gives {what} = {value:.4g}"
+    if not math.isfinite(loss) or ratio > INITIAL_FAIL:
+        status = "fail"
+    elif ratio > INITIAL_OK or ratio < INITIAL_LOW:
+        status = "warn"
+    else:
+        status = "ok"
+    if ratio < INITIAL_LOW:
+        fix = "a loss below chance before training: check that no target leaks into the inputs"
+    else:
+        fix = (
+            "the untrained model is confidently wrong: initialise the last layer small (e.g. "
+            "zero weights, the bias at the log of the class frequencies), and check that the "
+            "loss gets logits where it expects logits"
+        )
+    return Verdict("initial loss", status, evidence, fix, figures)
