@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from mlenv.cli import main
 from mlenv.data.text import text_lm, tokenizer_from_state
 from mlenv.models import create_model
+from mlenv.models.gpt import sample_next
 from mlenv.models.transformer import KVCache
 from mlenv.train.tasks import LanguageModelTask
 
@@ -73,6 +74,40 @@ def test_variants_have_equal_parameter_counts(sizes):
     assert abs(unmatched - reference) > abs(counts["2019"] - reference)  # matching did work
     if sizes["vocab_size"] == 65:
         assert reference == 804_096  # nanoGPT's 0.80M (+ its 8,192 position parameters)
+
+
+def test_variants_are_built_as_their_year_says():
+    x = torch.randn(2, 5, 32) * 3 + 1  # (B, T, C), far from normalised
+    for variant, post_ln, act, positions, tied in (
+        ("2017", True, torch.nn.ReLU, "sinusoidal", False),
+        ("2019", True, torch.nn.ReLU, "learned", False),
+        ("2020", False, torch.nn.GELU, "learned", True),
+    ):
+        model = create_model("gpt", seed=0, variant=variant, **SMALL)
+        out = model.blocks[0](x)
+        # a post-LN block ends in a LayerNorm (identity affine at init): mean 0, variance 1
+        normalised = torch.allclose(out.mean(-1), torch.zeros(2, 5), atol=1e-4) and torch.allclose(
+            out.var(-1, unbiased=False), torch.ones(2, 5), atol=1e-2
+        )
+        assert normalised == post_ln, variant
+        assert isinstance(model.blocks[0].mlp.act, act)
+        names = dict(model.named_parameters())
+        assert any("positions" in n for n in names) == (positions == "learned")
+        assert (model.head is None) == tied
+        assert model(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 23)
+
+
+def test_sampling_keeps_to_top_k_and_top_p():
+    probs = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
+    logits = probs.log().expand(4000, 5)
+    g = torch.Generator().manual_seed(0)
+    nucleus = sample_next(logits, top_p=0.75, generator=g)  # 0.5 < 0.75 <= 0.5 + 0.3
+    assert set(nucleus.tolist()) == {0, 1}
+    assert (nucleus == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)
+    assert set(sample_next(logits, top_k=3, generator=g).tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, temperature=0).tolist()) == {0}
+    flat = sample_next(logits, temperature=100.0, generator=g)  # nearly uniform
+    assert (flat == 4).float().mean().item() == pytest.approx(0.2, abs=0.03)
 
 
 def test_label_smoothing_matches_the_hand_computed_loss():
