@@ -117,6 +117,23 @@ def test_masked_lm_task_corrupts_the_input_and_scores_the_chosen_tokens(shakespe
     assert acc.item() == pytest.approx(right.sum().item() / chosen.sum().item())
 
 
+def test_masked_lm_evaluation_masks_depend_on_the_batch_alone(shakespeare):
+    vocab, ids = shakespeare
+    model = create_model("bert", seed=0, vocab_size=len(vocab), block_size=32, n_layer=1).eval()
+    task = TASKS.create("masked-lm")
+    criterion = task.get_criterion(model)
+    tokens, other = windows_of(ids, 8, 32), windows_of(ids[256:], 8, 32)
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        first, again = (task.forward_pass(model, (tokens,), criterion) for _ in range(2))
+        elsewhere = task.forward_pass(model, (other,), criterion)
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's random stream is untouched
+    assert torch.equal(first[1].targets, again[1].targets) and first[0] == again[0]
+    assert not torch.equal(first[1].targets != IGNORE, elsewhere[1].targets != IGNORE)
+    chosen = (first[1].targets != IGNORE).float().mean().item()
+    assert 0.05 < chosen < 0.3  # still BERT's masking (15% of 256 tokens)
+
+
 def test_masked_lm_refuses_a_model_without_a_mask_token_and_a_bad_rate():
     with pytest.raises(ConfigError, match="no \\[MASK\\] token"):
         TASKS.create("masked-lm").get_criterion(create_model("rnn-lm", vocab_size=5))
@@ -222,8 +239,8 @@ def test_vit_overfits_one_batch_of_digits(mnist_root):
 
     images, labels = load_mnist_uint8(mnist_root, "test")
     x, y = scale_images(images[:64], "unit").unsqueeze(1), labels[:64]  # (64, 1, 28, 28)
-    model = create_model("vit", seed=0, patch_size=7, n_embd=64, n_layer=2)
-    final = overfit(model, lambda: F.cross_entropy(model(x), y), 150, 2e-3)
+    model = create_model("vit", seed=0, patch_size=7, n_embd=64, n_layer=1)
+    final = overfit(model, lambda: F.cross_entropy(model(x), y), 100, 3e-3)
     model.eval()
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()

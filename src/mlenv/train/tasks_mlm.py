@@ -15,6 +15,7 @@ many real tokens there are (``vocab_size``); ``bert`` does.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, NamedTuple
 
 import torch
@@ -69,6 +70,18 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return total / (targets != IGNORE).sum().clamp(min=1)
 
 
+def evaluation_masks(
+    tokens: torch.Tensor, vocab_size: int, mask_id: int, mask_rate: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask_tokens`` with a generator seeded by the batch's content: the same validation
+    blocks get the same masks at every evaluation, so ``val_loss`` moves only when the model
+    does, and evaluating never draws from the training's random stream."""
+    ids = tokens.detach().cpu()
+    generator = torch.Generator().manual_seed(zlib.crc32(ids.numpy().tobytes()))
+    inputs, targets = mask_tokens(ids, vocab_size, mask_id, mask_rate, generator)
+    return inputs.to(tokens.device), targets.to(tokens.device)
+
+
 class MaskedPredictions(NamedTuple):
     logits: torch.Tensor  # (B, T, V)
     targets: torch.Tensor  # (B, T), IGNORE where not chosen
@@ -78,7 +91,8 @@ class MaskedPredictions(NamedTuple):
 class MaskedLMTask(Task):
     """BERT's masked-LM objective: 15% of the tokens chosen, 80/10/10 -> [MASK] / random /
     unchanged, cross-entropy at the chosen positions; ``acc`` is the share of chosen tokens
-    predicted right. ``mask_rate`` is the share chosen.
+    predicted right. ``mask_rate`` is the share chosen. Training batches are masked afresh from
+    the global RNG (saved in checkpoints); evaluation batches by ``evaluation_masks``.
 
     >>> task = MaskedLMTask(mask_rate=0.15)
     """
@@ -110,7 +124,8 @@ class MaskedLMTask(Task):
         if self.mask_id is None or self.vocab_size is None:
             raise ConfigError("masked-lm: get_criterion(model) must be called before training")
         tokens = split_batch(batch)[0]  # (B, T); next-token targets, if any, are not used
-        inputs, targets = mask_tokens(tokens, self.vocab_size, self.mask_id, self.mask_rate)
+        mask = mask_tokens if model.training else evaluation_masks
+        inputs, targets = mask(tokens, self.vocab_size, self.mask_id, self.mask_rate)
         logits = model(inputs)  # (B, T, V)
         return criterion(logits, targets), MaskedPredictions(logits, targets)
 
