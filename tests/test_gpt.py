@@ -12,11 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from mlenv.cli import main
+from mlenv.config import TrainConfig
 from mlenv.data.text import text_lm, tokenizer_from_state
 from mlenv.models import create_model
 from mlenv.models.gpt import sample_next
 from mlenv.models.transformer import KVCache
+from mlenv.track.run import Run
 from mlenv.train.tasks import LanguageModelTask
+from mlenv.train.trainer import Trainer, TrainingInterrupted
 
 VARIANTS = ("2017", "2019", "2020")
 SMALL = {"vocab_size": 23, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -204,3 +207,54 @@ def test_generate_cli_end_to_end(trained_run, capsys):
     assert main(["generate", "--prompt", "x"]) == 2
     assert "--weights" in capsys.readouterr().err
     assert main(["generate", "--help"]) == 0
+
+
+class StopAt(Trainer):
+    """Stops (as SIGTERM would) after the batch ``stop_at = (epoch, batch_in_epoch)``."""
+
+    stop_at: tuple[int, int] | None = None
+
+    def batch_metrics(self, predictions, batch):
+        if self.stop_at == (self.epoch, self.batch_in_epoch + 1):
+            self._stop.signal_name = "SIGTERM"
+        return super().batch_metrics(predictions, batch)
+
+
+def test_random_block_training_resumes_bit_identical(shared_data, tmp_path):
+    path = str(shared_data / "text" / "tinyshakespeare.txt")
+
+    def trainer(run_dir, model_seed, **overrides):
+        bundle = text_lm(path, "char", block_size=16, max_chars=20_000, eval_interval=6)
+        kwargs = {**SMALL, "vocab_size": bundle.info["vocab_size"], "dropout": 0.1}
+        model = create_model("gpt", seed=model_seed, **kwargs)
+        config = TrainConfig(epochs=2, batch_size=4, threads=1, progress=False, **overrides)
+        return StopAt(config, model, task=LanguageModelTask(), run=Run(run_dir)), bundle
+
+    whole, bundle = trainer(tmp_path / "whole", 0)
+    whole.fit(bundle.train, bundle.val)
+    stopped, bundle = trainer(tmp_path / "stopped", 0)
+    stopped.stop_at = (1, 3)  # inside the second epoch of random batches
+    with pytest.raises(TrainingInterrupted):
+        stopped.fit(bundle.train, bundle.val)
+    torch.manual_seed(999)  # nothing of the stopped run's RNG state survives but the checkpoint
+    resumed, bundle = trainer(tmp_path / "stopped", 1, resume="last")
+    resumed.fit(bundle.train, bundle.val)
+    assert resumed.resumed_at == {"epoch": 1, "batch_in_epoch": 3, "global_step": 9}
+    for (name, a), b in zip(
+        whole.raw_model.state_dict().items(), resumed.raw_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert resumed.history[-1]["val_nll"] == whole.history[-1]["val_nll"]
+
+
+@pytest.mark.parametrize("recipe", ["gpt-char", "gpt-char-2019", "gpt-char-2017"])
+def test_each_gpt_recipe_trains_and_reports(recipe, shared_data, tmp_path):
+    path = str(shared_data / "text" / "tinyshakespeare.txt")
+    short = ["--max-chars", "20000", "--epochs", "1", "--eval-interval", "4", "--eval-iters", "1"]
+    argv = ["train", recipe, "--path", path, *short, "--warmup-steps", "1", "--progress", "false"]
+    assert main([*argv, "--runs-dir", str(tmp_path)]) == 0
+    (summary_file,) = tmp_path.glob(f"{recipe}/*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert abs(summary["parameters"] - 803_200) <= 128  # 58 characters: equal sizes, +-1 unit
+    assert summary["steps_run"] == (2 if recipe == "gpt-char-2019" else 4)  # 2019 accumulates 2
+    assert math.isfinite(summary["val_nll"])
