@@ -81,6 +81,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return only_run(runs, "whole")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_mid_epoch_then_resumed_is_bit_identical(uninterrupted, tmp_path, sig):
     proc = start(tmp_path, "killed")

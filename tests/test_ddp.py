@@ -171,6 +171,7 @@ def single_run(tmp_path_factory) -> Path:
     return only_run(runs, "digits-mlp")
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_weights_of_one_and_only_rank0_writes(tmp_path, single_run):
     work = tmp_path / "work"
     work.mkdir()
@@ -210,6 +211,7 @@ def test_two_processes_train_the_weights_of_one_and_only_rank0_writes(tmp_path, 
     assert done.stdout.startswith("torchrun: 2 processes\n")
 
 
+@pytest.mark.slow
 def test_fsdp_resumes_a_single_process_checkpoint_and_trains_the_same_weights(tmp_path, single_run):
     """FSDP2 on gloo: it loads a single process's checkpoint into shards, trains the weights
     one process trains, and saves model and optimizer as one process does."""
@@ -252,6 +254,7 @@ def test_fsdp_resumes_a_single_process_checkpoint_and_trains_the_same_weights(tm
     )
 
 
+@pytest.mark.slow
 def test_an_error_inside_the_processes_is_printed_once_by_the_launcher(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,0\n3,x,1\n")
@@ -283,6 +286,7 @@ def _epochs_done(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks through /proc")
 def test_a_killed_process_ends_the_run_as_killed_and_resume_continues_it_exactly(tmp_path):
     """With dropout (each process draws its own masks from its own RNG stream): a run whose

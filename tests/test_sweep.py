@@ -164,6 +164,7 @@ def stop_during_first_trial(command: list[str], runs: Path, cwd: Path) -> Path:
             worker.wait()
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(shared_data, tmp_path, storage, capsys):
     runs = tmp_path / "runs"
     space = tmp_path / "space.yaml"

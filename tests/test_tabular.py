@@ -36,6 +36,7 @@ def train(capsys, runs, data, *flags):
     return run, json.loads((run / "summary.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_spambase_default_recipe(shared_data, tmp_path, capsys):
     run, summary, out = train(
         capsys,
@@ -98,6 +99,7 @@ def test_spambase_default_recipe(shared_data, tmp_path, capsys):
     assert accuracy == pytest.approx(summary["test_acc"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_magic04_default_recipe_and_label_mapping(shared_data, tmp_path, capsys):
     _, summary, out = train(
         capsys, tmp_path, shared_data / "tabular" / "magic04.data", "--no_header", "true"
