@@ -287,6 +287,24 @@ def test_lr_range_test_flags_a_learning_rate_ten_times_too_high(files, tmp_path)
     assert steep.lrs[-1] < 1e6
 
 
+def test_lr_range_test_is_not_pulled_left_by_the_blow_up():
+    """A coarse sweep (60 steps over 8 decades) on digits: the losses of the blow-up past 0.1
+    are capped before the smoothing, so they do not drag the lowest loss back to where the raw
+    loss has not fallen yet (uncapped: 3e-4, and a suggestion of 6e-6)."""
+    from mlenv.config import load_recipe, resolve
+    from mlenv.train.run import build
+
+    cfg = resolve(load_recipe("digits-mlp"), ["--threads", "1", "--device", "cpu"])
+    bundle, model, task = build(cfg)
+    probe = make_probe(model, task, cfg.train, first_batch(bundle.train, 32, 0))
+    result = lr_range_test(probe, bundle.train, 1e-7, 10.0, 60)
+    assert 1e-3 < result.suggestion < result.min_loss_lr < 0.1, result.to_dict()
+    assert check_learning_rate(result, cfg.train.lr).status == "ok"  # the recipe's 1e-3
+    assert check_initial_loss(make_probe(model, task, cfg.train, probe.batch)).figures[
+        "expected"
+    ] == pytest.approx(math.log(10))
+
+
 def test_overfit_flags_a_model_that_cannot_learn(files):
     """A detached first layer leaves a linear model on fixed random features; on the squashed
     outlier data it cannot fit one batch: a bug, not tuning."""

@@ -13,6 +13,7 @@ from typing import Any
 from mlenv.doctor.verdict import Verdict, format_verdicts
 from mlenv.errors import ConfigError
 
+DATA_CHECKS = ("leakage", "scaling", "class balance", "constant columns")
 CHECKS = ("data", "nonfinite", "initial-loss", "gradients", "overfit", "lr", "lm")
 
 DOCTOR_USAGE = (
@@ -259,7 +260,10 @@ def diagnose(
         )
         plot_lr_find(result, out / "lr_find.png")
         _write_json(out / "lr_find.json", result.to_dict())
-        verdicts.append(check_learning_rate(result, c.lr))
+        verdict = check_learning_rate(result, c.lr)
+        if any(v.status == "fail" for v in verdicts if v.check in DATA_CHECKS):
+            verdict.fix += " (measured on the data as it is: fix the failing data checks first)"
+        verdicts.append(verdict)
     if "lm" in checks:
         verdicts += lm_verdicts(cfg, bundle, task, probe())
     return verdicts
@@ -279,8 +283,7 @@ def lm_verdicts(cfg: Any, bundle: Any, task: Any, probe: Any) -> list[Verdict]:
         out.append(check_round_trip(tokenizer, text))
     else:
         out.append(Verdict("tokenizer round trip", "skip", "the data set exposes no tokenizer"))
-    _, _, logits = probe.loss()
-    out.append(check_padding_ignored(probe.trainer.criterion, int(logits.shape[-1])))
+    out.append(check_padding_ignored(probe.trainer.criterion, int(probe.outputs().shape[-1])))
     return out
 
 

@@ -114,18 +114,18 @@ IMBALANCE_WARN = 0.2  # smallest class / largest class below this: warn
 IMBALANCE_FAIL = 0.02
 
 
-def check_leakage(train_x: np.ndarray, test_x: np.ndarray) -> Verdict:
+def check_leakage(train_x: np.ndarray, test_x: np.ndarray, split: str = "test") -> Verdict:
     """Test rows whose features equal a training row's: fail from LEAK_FRACTION of the test
     rows on (what training warns about), warn for fewer."""
     shared = shared_rows(train_x.reshape(len(train_x), -1), test_x.reshape(len(test_x), -1))
     share = len(shared) / max(len(test_x), 1)
     figures = {"shared_rows": len(shared), "test_rows": len(test_x), "share": share}
     if not shared:
-        return Verdict("leakage", "ok", "no test row repeats a training row", figures=figures)
+        return Verdict("leakage", "ok", f"no {split} row repeats a training row", figures=figures)
     pairs = ", ".join(f"{a}={b}" for a, b in shared[:5])
     evidence = (
-        f"{len(shared)} of {len(test_x)} test rows ({100 * share:.1f}%) repeat a training row "
-        f"(train index=test index: {pairs}{', ...' if len(shared) > 5 else ''})"
+        f"{len(shared)} of {len(test_x)} {split} rows ({100 * share:.1f}%) repeat a training row "
+        f"(train index={split} index: {pairs}{', ...' if len(shared) > 5 else ''})"
     )
     return Verdict(
         "leakage",
@@ -216,9 +216,9 @@ def check_constant(train_x: np.ndarray, columns: list[str]) -> Verdict:
 
 
 def data_verdicts(bundle: Any) -> list[Verdict]:
-    """The data checks that apply to a bundle of tensors ``(x, y)``: leakage (any features),
-    scaling (a scaled tabular CSV), class balance (integer labels), constant columns (a
-    feature matrix (N, F))."""
+    """The data checks that apply to a bundle of tensors ``(x, y)``: leakage (any inputs),
+    scaling (a scaled tabular CSV), class balance (integer labels of one per example), constant
+    columns (a float feature matrix (N, F); not token ids)."""
     train, test = bundle.train, bundle.test if bundle.test is not None else bundle.val
     if not (isinstance(train, tuple | list) and all(hasattr(t, "numpy") for t in train)):
         return [Verdict("data", "skip", "the data set is not in-memory tensors (x, y)")]
@@ -227,13 +227,14 @@ def data_verdicts(bundle: Any) -> list[Verdict]:
     columns = list(bundle.state.get("columns") or [f"x{j}" for j in range(x[0].size)])
     out = []
     if test is not None:
-        out.append(check_leakage(x, test[0].numpy()))
+        split = "test" if bundle.test is not None else "validation"
+        out.append(check_leakage(x, test[0].numpy(), split))
         if bundle.state.get("kind") == "tabular":
             out.append(
                 check_scaling(test[0].numpy(), columns, bundle.state.get("scaler", "standard"))
             )
     if y is not None and y.ndim == 1 and np.all(np.mod(y, 1) == 0) and len(np.unique(y)) <= 100:
         out.append(check_imbalance(y))
-    if x.ndim == 2:
+    if x.ndim == 2 and np.issubdtype(x.dtype, np.floating):
         out.append(check_constant(x, columns))
     return out

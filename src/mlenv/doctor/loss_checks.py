@@ -100,15 +100,15 @@ INITIAL_FAIL = 2.0
 INITIAL_LOW = 0.5  # below this share of the expected loss before any training: suspicious
 
 
-def expected_initial_loss(task: Any, predictions: torch.Tensor) -> tuple[float, str] | None:
+def expected_initial_loss(task: Any, probe: Any) -> tuple[float, str] | None:
     """What the loss is when the model predicts every class with equal probability: ln 2 for
-    a binary task, ln C for C classes (the width of the logits), else None (no such value)."""
+    a binary task, ln C for C classes (the width of the model's logits), else None."""
     from mlenv.train.tasks import BinaryTask, ClassificationTask, LanguageModelTask
 
     if isinstance(task, BinaryTask):
         return math.log(2), "ln 2 (binary)"
     if isinstance(task, ClassificationTask | LanguageModelTask):
-        c = int(predictions.shape[-1])
+        c = int(probe.outputs().shape[-1])
         return math.log(c), f"ln {c} ({c} classes)"
     return None
 
@@ -122,11 +122,11 @@ def check_initial_loss(probe: Any) -> Verdict:
     model.eval()
     try:
         with torch.no_grad():
-            total, _, predictions = probe.loss()
+            total, _, _ = probe.loss()
     finally:
         model.train(was_training)
     loss = float(total)
-    expected = expected_initial_loss(probe.trainer.task, predictions)
+    expected = expected_initial_loss(probe.trainer.task, probe)
     if expected is None:
         return Verdict(
             "initial loss",

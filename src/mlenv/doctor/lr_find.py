@@ -109,7 +109,8 @@ def lr_range_test(
             f"lr-find: the loss blew up within {len(lrs)} steps ({stop_reason}); give a lower "
             "--start-lr"
         )
-    smoothed = zero_phase_average(losses)
+    # the blow-up at the end would leak backwards into the smoothed curve: cap it first
+    smoothed = zero_phase_average([min(v, DIVERGE * best) for v in losses])
     suggestion, min_lr = suggest_lr(lrs, smoothed)
     return LRFindResult(lrs, losses, smoothed, suggestion, min_lr, stop_reason)
 

@@ -21,11 +21,11 @@ def overfit_batch(probe: Any, steps: int = 500, lr: float | None = None) -> dict
     losses: list[float] = []
     target = None
     for _ in range(steps):
-        total, _, predictions = probe.loss()
+        total, _, _ = probe.loss()
         loss = float(total.detach())
         losses.append(loss)
         if target is None:
-            chance = expected_initial_loss(trainer.task, predictions)
+            chance = expected_initial_loss(trainer.task, probe)
             target = NEAR_ZERO * min(loss, chance[0] if chance else loss)
         if not math.isfinite(loss) or loss <= target:
             break

@@ -28,6 +28,14 @@ class Probe:
         """(total, named terms, predictions) of the batch, with the graph for backward."""
         return self.trainer.compute_loss(self.batch)
 
+    def outputs(self) -> Any:
+        """The model's own output for the batch's inputs (logits for a classifier), without
+        a graph: what a task's predictions may have transformed."""
+        from mlenv.train.tasks import split_batch
+
+        with torch.no_grad():
+            return self.model(split_batch(self.batch)[0])
+
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         """The run's optimizer (its kind, momentum, weight decay) at ``lr``."""
         trainer = self.trainer
