@@ -349,3 +349,30 @@ def test_a_killed_process_ends_the_run_as_killed_and_resume_continues_it_exactly
     expected = last_checkpoint(only_run(tmp_path / "ref" / "runs", "digits-mlp"))["model"]
     got = last_checkpoint(run)["model"]
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_tasks_see_the_model_inside_ddp_and_compile(tmp_path):
+    """Under --devices N the Trainer hands tasks a DistributedDataParallel: the binary task's
+    output mode and the diffusion task's null label must still be the model's own (else a
+    conditional model silently trains without its labels, and sigmoid outputs go through the
+    sigmoid twice)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mlenv.models import create_model
+    from mlenv.train.base import unwrap_model
+    from mlenv.train.tasks import BinaryTask
+    from mlenv.train.tasks_diffusion import null_label_of
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        unet = create_model("unet-conditional", seed=0, channels=(4, 8, 8), time_dim=8)
+        wrapped = DistributedDataParallel(unet)
+        assert null_label_of(wrapped) == 10
+        binary = create_model("binary-mlp", seed=0, in_features=3, output="sigmoid")
+        ddp_binary = DistributedDataParallel(binary)
+        assert BinaryTask().output_of(ddp_binary) == "sigmoid"
+        assert unwrap_model(DistributedDataParallel(torch.nn.Linear(2, 2))).in_features == 2
+    finally:
+        dist.destroy_process_group()

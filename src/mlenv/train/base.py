@@ -22,3 +22,22 @@ class BaseModel(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's model inside whatever wraps it for training: ``torch.compile``'s
+    ``_orig_mod`` and ``DistributedDataParallel``'s ``module`` (in any order, any depth), so a
+    task can read the model's own attributes (``output``, ``null_label``) under ``--compile``
+    and ``--devices N`` alike.
+
+    >>> from torch.nn.parallel import DistributedDataParallel  # doctest: +SKIP
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, DistributedDataParallel):
+            model = model.module
+        else:
+            return model

@@ -286,7 +286,9 @@ class BinaryTask(Task):
 
     @staticmethod
     def output_of(model: nn.Module) -> str:
-        return getattr(getattr(model, "_orig_mod", model), "output", "logits")
+        from mlenv.train.base import unwrap_model
+
+        return getattr(unwrap_model(model), "output", "logits")
 
     def get_criterion(self, model: nn.Module | None = None) -> Any:
         output = self.output_of(model) if model is not None else "logits"

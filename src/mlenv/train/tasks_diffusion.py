@@ -27,7 +27,9 @@ REPORT_GUIDANCE = 3.0  # for a model that learned its "no label" (p_uncond > 0)
 
 def null_label_of(model: nn.Module) -> int | None:
     """The label index a conditional model reads as "no label"; ``None`` if unconditional."""
-    return getattr(getattr(model, "_orig_mod", model), "null_label", None)
+    from mlenv.train.base import unwrap_model
+
+    return getattr(unwrap_model(model), "null_label", None)
 
 
 @register_task("diffusion")
