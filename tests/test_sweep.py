@@ -493,3 +493,22 @@ def test_a_trial_left_without_its_worker_is_adopted(tmp_path, shared_data):
     assert claim.trial.user_attrs["worker"]["pid"] == os.getpid()
     again = sweeps.claim_trial(study, storage, sweep)  # owned now, by a live process
     assert not again.adopted and again.trial.number == 1
+
+
+def test_a_recreated_study_does_not_take_the_old_studys_runs(tmp_path, shared_data):
+    """The study database deleted and the sweep started again under the same name: the store
+    still holds the old study's finished trial=0 run, which must not become the new study's
+    trial 0 value (review finding: it was told as the new trial's value)."""
+    sweep = plan(
+        tmp_path, shared_data, "lr: {type: categorical, choices: [0.003]}", "--epochs", "1"
+    )
+    sweep.trials = 1
+    (outcome,) = sweeps.run_worker(sweep)
+    assert outcome.state == "complete"
+    (tmp_path / "runs" / "optuna.db").unlink()
+    again = plan(
+        tmp_path, shared_data, "lr: {type: categorical, choices: [0.0001]}", "--epochs", "1"
+    )
+    again.trials = 1
+    with pytest.raises(ConfigError, match=r"--study: the store .* holds the runs of another study"):
+        sweeps.run_worker(again)

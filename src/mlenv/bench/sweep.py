@@ -506,7 +506,12 @@ def open_study(sweep: Sweep, storage: Any) -> Any:
         plan = sweep.plan()
         stored = study.user_attrs.get("mlenv")
         if stored is None:
+            import uuid
+
             study.set_user_attr("mlenv", plan)
+            # which study this is, whatever its name: a store group made for another study of
+            # the same name (a recreated database, another --storage) is never taken for it
+            study.set_user_attr("mlenv_key", uuid.uuid4().hex)
             return study
     for key, flag in (("recipe", "RECIPE"), ("metric", "--metric"), ("space", "--space")):
         if stored[key] != plan[key]:
@@ -546,12 +551,16 @@ def _short(value: Any) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
-def sweep_group(store: Any, sweep: Sweep) -> int:
-    """The store's ``sweep`` group named after the study, created by the first worker."""
+def sweep_group(store: Any, sweep: Sweep, study_key: str | None = None) -> int:
+    """The store's ``sweep`` group named after the study, created by the first worker. A group
+    of that name made for another study (``study_key`` differs: the study's database was
+    recreated, or another --storage holds a study of the same name) is refused: its finished
+    runs would otherwise be told to this study as its trials' values."""
     config = {
         **sweep.plan(),
         "study": sweep.study_name,
         "storage": shown_url(sweep.storage_url),
+        "study_key": study_key,
     }
     with store.transaction() as db:  # one transaction: two workers never make two groups
         row = db.execute(
@@ -559,6 +568,14 @@ def sweep_group(store: Any, sweep: Sweep) -> int:
             (sweep.study_name,),
         ).fetchone()
         if row is not None and row["kind"] == "sweep":
+            found = db.execute("SELECT config FROM groups WHERE id = ?", (row["id"],)).fetchone()
+            known = json.loads(found["config"] or "{}").get("study_key")
+            if study_key is not None and known is not None and known != study_key:
+                raise ConfigError(
+                    f"--study: the store {store.path} holds the runs of another study named "
+                    f"{sweep.study_name!r} (its database was recreated, or it lives in another "
+                    "--storage); give a new --study, or delete those runs first"
+                )
             return int(row["id"])
         if row is not None:
             raise ConfigError(
@@ -864,7 +881,7 @@ def open_sweep(sweep: Sweep) -> tuple[Any, Any, int]:
     study = open_study(sweep, storage)
     store = Store(sweep.store_path)
     try:
-        group_id = sweep_group(store, sweep)
+        group_id = sweep_group(store, sweep, study.user_attrs.get("mlenv_key"))
     finally:
         store.close()
     return storage, study, group_id
