@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, median
 from mlenv.config import TRAIN_FIELDS, TrainConfig
-from mlenv.data.text import RandomBlocks, text_lm
+from mlenv.data.text import RandomBlocks, text_lm, tokenizer_from_state
 from mlenv.models import create_model
 from mlenv.train.checkpoint import atomic_write_bytes
 from mlenv.train.tasks import LanguageModelTask
@@ -332,7 +332,7 @@ def main() -> None:
             ref_s += ref.run(n, evaluate=True)
             ours_s += ours.run(n, evaluate=True)
         ref.model.eval()
-        ref_val = val_loss(lambda x: ref.model(x, x)[0], bundle.val.ids)
+        ref_val = val_loss(lambda x: ref.model(x, x.contiguous())[0], bundle.val.ids)
         ours_val = val_loss(ours.model.eval(), bundle.val.ids)
         result["training"] = {
             "iterations": args.iters,
@@ -346,6 +346,11 @@ def main() -> None:
             "val_batches": 200,
         }
         result["generation_tokens_per_s"] = generation_speed(ours.model, args.gen_tokens)
+        tok = tokenizer_from_state(bundle.state["tokenizer"])
+        g = torch.Generator().manual_seed(0)
+        prompt = tok.encode("ROMEO:")[None, :]
+        sample = ours.model.generate(prompt, 200, temperature=0.8, top_k=40, generator=g)
+        result["mlenv_sample"] = "ROMEO:" + tok.decode([int(t[0]) for t in sample])
     result["machine"] = machine()
     text = json.dumps(result, indent=2) + "\n"
     atomic_write_bytes(args.out, text.encode())
