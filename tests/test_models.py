@@ -20,6 +20,11 @@ EXAMPLES = {
         {"in_channels": 1, "image_size": 28, "out_features": 10},
         lambda: torch.randn(4, 1, 28, 28),
     ),
+    "resnet18": ({"in_channels": 3, "out_features": 10}, lambda: torch.randn(2, 3, 16, 16)),
+    "resnet50": (
+        {"in_channels": 1, "out_features": 4, "width": 8},
+        lambda: torch.randn(2, 1, 16, 16),
+    ),
     "rnn-lm": ({"vocab_size": 11}, lambda: torch.randint(0, 11, (2, 7))),
     "gpt": ({"vocab_size": 11, "block_size": 8}, lambda: torch.randint(0, 11, (2, 7))),
     "bert": ({"vocab_size": 11, "block_size": 8}, lambda: torch.randint(0, 12, (2, 7))),

@@ -43,6 +43,9 @@ class TrainConfig:
     grad_clip: float | None = None
     grad_clip_mode: Literal["norm", "value"] = "norm"
     accumulate: int = 1
+    # weight decay skips biases and norm layers (every parameter of rank < 2)
+    wd_skip_bias_norm: bool = False
+    ema: float | None = None  # decay of an exponential moving average of the weights (0.999)
     # schedules
     scheduler: SchedulerName = "constant"
     warmup_epochs: int = 0
@@ -59,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
+    channels_last: bool = False  # image models: NHWC memory layout (faster convolutions)
     threads: int | None = None
     devices: int = 1  # processes on this machine (torchrun): one per GPU, or CPU processes
     strategy: Literal["ddp", "fsdp"] = "ddp"  # with devices > 1: replicate (DDP) or shard (FSDP2)
@@ -114,6 +118,10 @@ class TrainConfig:
                 "strategy: fsdp trains in precision 32 or bf16 (fp16's grad scaler does not "
                 "shard); give --precision bf16"
             )
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"ema: accepts a decay in (0, 1) such as 0.999, got {self.ema}")
+        if self.ema is not None and self.strategy == "fsdp" and self.devices > 1:
+            raise ConfigError("ema: not available with --strategy fsdp (give --strategy ddp)")
         if self.warmup_epochs and self.warmup_steps:
             raise ConfigError("warmup_epochs and warmup_steps: give one of them, not both")
         valid_device = self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"

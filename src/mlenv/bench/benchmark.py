@@ -38,6 +38,9 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> list[float]:
 
 
 def flops_per_sample(model: nn.Module, example: torch.Tensor) -> float:
+    """Forward FLOPs of one sample, as torch's FlopCounterMode counts them (matrix products and
+    convolutions; a multiply-add is 2 FLOPs; element-wise ops, norms and pooling are not
+    counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
@@ -59,22 +62,26 @@ def benchmark_model(
     loss_of: Callable[[Any], torch.Tensor],
     batch_sizes: list[int],
     device: torch.device,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per batch size. ``make_batch(n)`` gives a batch on ``device``; ``loss_of(batch)``
-    a scalar loss (forward included) for the training step."""
+    a scalar loss (forward included) for the training step; ``prepare(inputs)`` turns a batch's
+    inputs into what the model takes at inference (uint8 images -> normalised floats), outside
+    the timed forward."""
     import platform
 
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
+    prepare = prepare or (lambda x: x)
     first = make_batch(1)
-    flops = flops_per_sample(model, first[0] if isinstance(first, tuple | list) else first)
+    flops = flops_per_sample(model, prepare(first[0] if isinstance(first, tuple | list) else first))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     rows = []
     for bs in batch_sizes:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batch = make_batch(bs)
-        inputs = batch[0] if isinstance(batch, tuple | list) else batch
+        inputs = prepare(batch[0] if isinstance(batch, tuple | list) else batch)
         model.eval()
         with torch.no_grad():
             latency = np.array(_timed(lambda inputs=inputs: model(inputs), device))
@@ -152,7 +159,13 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         f"{'batch':>6s} {'params':>9s} {'MFLOP/sample':>12s} {'p50 ms':>8s} {'p90 ms':>8s} "
         f"{'p99 ms':>8s} {'infer/s':>10s} {'train/s':>10s} {'peak MB':>8s}"
     )
-    lines = [f"model {rows[0]['model']} on {rows[0]['device']}, {rows[0]['threads']} threads", head]
+    first = rows[0]
+    lines = [
+        f"model {first['model']} on {first['device']}, {first['threads']} threads: "
+        f"{first['parameters']:,} parameters, {first['flops_per_sample'] / 1e6:,.1f} MFLOPs per "
+        "sample (forward; a multiply-add is 2)",
+        head,
+    ]
     for r in rows:
         lines.append(
             f"{r['batch_size']:6d} {r['parameters']:9d} {r['flops_per_sample'] / 1e6:12.3f} "
@@ -203,6 +216,8 @@ def benchmark_target(
 
         def loss_of(batch: tuple) -> torch.Tensor:
             return trainer.compute_loss(batch)[0]
+
+        prepare = trainer.task.model_inputs
     else:
         from mlenv.models import MODELS
 
@@ -210,8 +225,10 @@ def benchmark_target(
             raise ConfigError(
                 f"bench {target}: a model name needs --input-shape (e.g. 20), or give a recipe"
             )
-        kwargs = {"in_features": input_shape[0]} if len(input_shape) == 1 else {}
-        model = MODELS.create(target, **kwargs)
+        model = MODELS.create(target, **_shape_arguments(target, input_shape))
+        if hasattr(model, "init_weights"):
+            model.init_weights()
+        prepare = None
         if threads:
             apply_threads(threads)
 
@@ -222,4 +239,26 @@ def benchmark_target(
             out = model(batch[0])
             return (out[0] if isinstance(out, tuple) else out).float().pow(2).mean()
 
-    return benchmark_model(target, model, make_batch, loss_of, batch_sizes, device)
+    return benchmark_model(target, model, make_batch, loss_of, batch_sizes, device, prepare)
+
+
+def _shape_arguments(target: str, input_shape: list[int]) -> dict[str, int]:
+    """The builder arguments an input shape determines: ``in_features`` of a vector (20), or
+    ``in_channels`` and ``image_size`` of an image (3,32,32), where the builder takes them."""
+    import inspect
+
+    from mlenv.errors import ConfigError
+    from mlenv.models import MODELS
+
+    params = inspect.signature(MODELS.get(target)).parameters
+    if len(input_shape) == 1:
+        return {"in_features": input_shape[0]} if "in_features" in params else {}
+    if len(input_shape) == 3:
+        channels, height, width = input_shape
+        if height != width and "image_size" in params:
+            raise ConfigError(
+                f"--input-shape: {target} takes square images (C,H,H), got {input_shape}"
+            )
+        values = {"in_channels": channels, "image_size": height}
+        return {k: v for k, v in values.items() if k in params}
+    return {}

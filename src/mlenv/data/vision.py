@@ -1,15 +1,26 @@
-"""Image data sets by name (MNIST), read once through torchvision into uint8 tensors and cached.
+"""Image data sets by name: MNIST, Fashion-MNIST and CIFAR-10, read once into uint8 tensors and
+cached (``ROOT/<NAME>/mlenv-<split>.pt``, a ``weights_only`` load later).
 
-torchvision downloads and checks the official files; offline, the four gz files placed under
+MNIST: torchvision downloads and checks the official files; offline, the four gz files placed under
 ``ROOT/MNIST/raw`` (or named by ``source=DIR`` / ``$MLENV_MNIST_SOURCE``, copied there for you) are
-found, checked against their MD5 and extracted with no network. The decoded tensors are cached as
-``ROOT/MNIST/mlenv-<split>.pt`` so later runs read one file (``weights_only`` load).
+found, checked against their MD5 and extracted with no network.
+
+Fashion-MNIST (the same IDX format) and CIFAR-10 are read by the small readers below from the
+official files: the four IDX gz files, and CIFAR-10's *binary* version (cifar-10-binary.tar.gz:
+records of one label byte and 3,072 pixel bytes, red, green, blue planes of 32x32, row-major).
+Its python version is a pickle, which can run code when read; mlenv never unpickles a data file.
+Offline, ``source=`` names the files' folder (or CIFAR-10's tar.gz); online, torchvision's
+download helpers fetch them and check their MD5. These two data sets stay uint8 (N, C, H, W)
+tensors: the classification task converts, augments and normalises each batch on the device.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Literal
 
@@ -158,4 +169,302 @@ def mnist(
             "sizes": [len(train_x), len(val[0]) if val is not None else 0, len(test_x)],
             "classes": 10,
         },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST and CIFAR-10: official files, own readers, uint8 tensors.
+
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_MD5 = "c32a1d4ab5d03f1923b49d6b8d3c6e3b"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # one label byte, then the red, green and blue 32x32 planes
+# per-channel mean and std of the training images in [0, 1] (recipes pass them to the task)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format; gzip-compressed when named ``*.gz``) as a
+    uint8 tensor of its dimensions. A damaged file is a one-line ``DataError`` naming it."""
+    path = Path(path)
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (wrong magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(torch.tensor(dims).prod()) if dims else header
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: {len(data)} bytes, but its header ({' x '.join(map(str, dims))}) needs "
+            f"{expected}: the file is truncated or damaged"
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _cached(cache: Path, build: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` from ``cache``, else from ``build()``, then cached (atomically)."""
+    from mlenv.train.checkpoint import atomic_write_bytes
+
+    if cache.is_file():
+        try:
+            stored = torch.load(cache, weights_only=True)
+            return stored["images"], stored["labels"]
+        except Exception as exc:  # a damaged cache is rebuilt from the official files
+            print(f"warning: {cache} is unreadable ({exc}); reading the data set again")
+    images, labels = build()  # type: ignore[operator]
+    buffer = io.BytesIO()
+    torch.save({"images": images, "labels": labels}, buffer)
+    atomic_write_bytes(cache, buffer.getvalue())
+    return images, labels
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ConfigError(f"split: accepts train or test, got {split!r}")
+
+
+def load_fashion_mnist_uint8(
+    root: str | Path | None = None,
+    split: Literal["train", "test"] = "train",
+    source: str | Path | None = None,
+    download: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST's ``split`` as (images (N, 28, 28) uint8, labels (N,) int64), from the
+    four official IDX gz files in ``source`` or ``ROOT/FashionMNIST/raw`` (downloaded there by
+    torchvision, MD5-checked, when missing and ``download``)."""
+    _check_split(split)
+    base = data_root(root) / "FashionMNIST"
+    prefix = "train" if split == "train" else "t10k"
+    names = (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        folder = Path(source) if source else base / "raw"
+        if source and not folder.is_dir():
+            raise DataError(f"Fashion-MNIST source {folder}: no such folder")
+        if not all((folder / n).is_file() for n in names):
+            if source or not download:
+                raise DataError(
+                    f"Fashion-MNIST: {folder} lacks {' or '.join(names)}; put the official gz "
+                    "files there or pass their folder with source=DIR"
+                )
+            from torchvision.datasets import FashionMNIST
+
+            try:
+                FashionMNIST(str(base.parent), train=split == "train", download=True)
+            except (RuntimeError, OSError) as exc:
+                why = " ".join(str(exc).split())
+                raise DataError(
+                    f"Fashion-MNIST under {base}: {why}. Offline, pass the official gz "
+                    "files' folder with source=DIR"
+                ) from None
+        images, labels = read_idx(folder / names[0]), read_idx(folder / names[1])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"Fashion-MNIST in {folder}: {names[0]} holds {tuple(images.shape)} and "
+                f"{names[1]} {tuple(labels.shape)}; expected (N, 28, 28) images and N labels"
+            )
+        if len(labels) and int(labels.max()) > 9:
+            raise DataError(f"{folder / names[1]}: label {int(labels.max())} is not in 0..9")
+        return images, labels.long()
+
+    return _cached(base / f"mlenv-{split}.pt", build)
+
+
+def read_cifar10_binary(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch file of CIFAR-10's binary version as (images (N, 3, 32, 32) uint8, labels (N,)
+    int64). Each record is a label byte (0..9), then 1024 red, 1024 green and 1024 blue bytes,
+    each plane 32 rows of 32 pixels."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror})") from None
+    if not data or len(data) % CIFAR10_RECORD:
+        raise DataError(
+            f"{path}: {len(data)} bytes is not a whole number of {CIFAR10_RECORD}-byte records "
+            "(1 label byte + 3072 pixel bytes): truncated, or not CIFAR-10's binary version"
+        )
+    records = torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0].long()
+    if int(labels.max()) > 9:
+        bad = int(torch.nonzero(labels > 9)[0])
+        raise DataError(
+            f"{path}: record {bad} has label {int(labels[bad])}, not 0..9: not CIFAR-10's "
+            "binary version (CIFAR-100's has two label bytes)"
+        )
+    return records[:, 1:].reshape(-1, 3, 32, 32).clone(), labels
+
+
+def _cifar10_folder(base: Path, source: str | Path | None, download: bool) -> Path:
+    """The folder holding the .bin batch files: ``source`` (that folder, one above it, or the
+    tar.gz), else ``ROOT/cifar-10-batches-bin`` (downloaded and MD5-checked when missing)."""
+    wanted = (*CIFAR10_FILES["train"], *CIFAR10_FILES["test"])
+    if source:
+        src = Path(source)
+        if src.is_file() and src.name.endswith((".tar.gz", ".tgz")):
+            base.mkdir(parents=True, exist_ok=True)
+            try:  # the "data" filter refuses links and paths that leave ``base``
+                with tarfile.open(src) as tar:
+                    tar.extractall(base, filter="data")
+            except (tarfile.TarError, OSError) as exc:
+                raise DataError(f"CIFAR-10 source {src}: cannot extract it ({exc})") from None
+            src = base
+        if not src.exists():
+            raise DataError(f"CIFAR-10 source {src}: no such file or folder")
+        for folder in (src, src / CIFAR10_FOLDER):
+            if all((folder / n).is_file() for n in wanted):
+                return folder
+        raise DataError(
+            f"CIFAR-10 source {src}: holds no {', '.join(wanted)} (the binary version, "
+            "cifar-10-binary.tar.gz)"
+        )
+    folder = base / CIFAR10_FOLDER
+    if not all((folder / n).is_file() for n in wanted):
+        if not download:
+            raise DataError(f"CIFAR-10: {folder} lacks the batch files and download is off")
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(CIFAR10_URL, str(base), md5=CIFAR10_MD5)
+        except (RuntimeError, OSError) as exc:
+            why = " ".join(str(exc).split())
+            raise DataError(
+                f"CIFAR-10 under {base}: {why}. Offline, pass cifar-10-binary.tar.gz or its "
+                "extracted folder with source=PATH"
+            ) from None
+    return folder
+
+
+def load_cifar10_uint8(
+    root: str | Path | None = None,
+    split: Literal["train", "test"] = "train",
+    source: str | Path | None = None,
+    download: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10's ``split`` as (images (N, 3, 32, 32) uint8, labels (N,) int64)."""
+    _check_split(split)
+    base = data_root(root) / "CIFAR10"
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        folder = _cifar10_folder(base, source, download)
+        parts = [read_cifar10_binary(folder / n) for n in CIFAR10_FILES[split]]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    return _cached(base / f"mlenv-{split}.pt", build)
+
+
+def image_bundle(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    val_size: float,
+    limit: int | None,
+    seed: int,
+    info: dict[str, object],
+) -> DataBundle:
+    """uint8 images (N, C, H, W) in a bundle: ``limit`` keeps the first N training images (and
+    N // 6 test images), ``val_size`` carves a validation fraction from the training images."""
+    check_fraction("val_size", val_size, 1.0, zero=True)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: accepts a positive number of images, got {limit}")
+    (train_x, train_y), (test_x, test_y) = train, test
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+        test_x, test_y = test_x[: max(limit // 6, 1)], test_y[: max(limit // 6, 1)]
+    val = None
+    if val_size > 0:
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, round(val_size * len(train_x)))
+        val = (train_x[order[:n_val]], train_y[order[:n_val]])
+        train_x, train_y = train_x[order[n_val:]], train_y[order[n_val:]]
+    channels, size = train_x.shape[1], train_x.shape[2]
+    return DataBundle(
+        train=(train_x, train_y),
+        val=val,
+        test=(test_x, test_y),
+        model_kwargs={
+            "in_features": channels * size * size,
+            "in_channels": channels,
+            "image_size": size,
+            "out_features": 10,
+        },
+        info={
+            "name": name,
+            "sizes": [len(train_x), len(val[0]) if val is not None else 0, len(test_x)],
+            "classes": 10,
+            **info,
+        },
+    )
+
+
+PROVIDES = ("in_features", "in_channels", "image_size", "out_features")
+
+
+@register_dataset("fashion-mnist", provides=PROVIDES)
+def fashion_mnist(
+    root: str | None = None,
+    source: str | None = None,
+    val_size: float = 0.0,
+    limit: int | None = None,
+    seed: int = 0,
+    download: bool = True,
+) -> DataBundle:
+    """Fashion-MNIST: 60,000 training and 10,000 test clothing images, 1x28x28 uint8 (the task
+    scales them on the device). ``val_size`` carves a validation fraction from the training
+    images; ``limit`` keeps the first N training images (a debug subset)."""
+    train = load_fashion_mnist_uint8(root, "train", source, download)
+    test = load_fashion_mnist_uint8(root, "test", source, download)
+    return image_bundle(
+        "fashion-mnist",
+        (train[0].unsqueeze(1), train[1]),
+        (test[0].unsqueeze(1), test[1]),
+        val_size,
+        limit,
+        seed,
+        {},
+    )
+
+
+@register_dataset("cifar10", provides=PROVIDES)
+def cifar10(
+    root: str | None = None,
+    source: str | None = None,
+    val_size: float = 0.0,
+    limit: int | None = None,
+    seed: int = 0,
+    download: bool = True,
+) -> DataBundle:
+    """CIFAR-10: 50,000 training and 10,000 test colour images, 3x32x32 uint8, from the binary
+    version (``source``: cifar-10-binary.tar.gz or its folder). The task normalises them with
+    the per-channel ``image_mean``/``image_std`` the recipes give (``CIFAR10_MEAN``/``_STD``)."""
+    return image_bundle(
+        "cifar10",
+        load_cifar10_uint8(root, "train", source, download),
+        load_cifar10_uint8(root, "test", source, download),
+        val_size,
+        limit,
+        seed,
+        {"class_names": list(CIFAR10_CLASSES)},
     )

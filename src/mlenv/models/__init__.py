@@ -11,6 +11,7 @@ MODELS = Registry(
     (
         "mlenv.models.mlp",
         "mlenv.models.cnn",
+        "mlenv.models.resnet",
         "mlenv.models.vae",
         "mlenv.models.hvae",
         "mlenv.models.rnn",

@@ -90,6 +90,11 @@ class Task:
         """Predictions for a batch, as ``predict`` returns them."""
         return model(split_batch(batch)[0])
 
+    def model_inputs(self, x: Any) -> Any:
+        """The inputs as the model sees them at evaluation (the classification task turns uint8
+        images into normalised floats); used to estimate a batch's FLOPs."""
+        return x
+
     def batch_metrics(self, predictions: Any, batch: Any) -> dict[str, torch.Tensor]:
         """Per-batch metrics (means over the batch), averaged over the epoch."""
         return {}
@@ -110,10 +115,92 @@ class Task:
 
 @register_task("classification")
 class ClassificationTask(Task):
-    """Multi-class classification: cross-entropy on logits (B, C), accuracy per epoch."""
+    """Multi-class classification: cross-entropy on logits (B, C), accuracy per epoch.
+
+    Image batches are prepared on the device (``mlenv.data.augment``): uint8 images become
+    floats in [0, 1], then, in the training forward pass only, ``augment`` (random crop with
+    ``crop_padding``, horizontal flip) and ``mixup``/``cutmix`` (Beta(a, a) mixing of image pairs
+    and of their labels, the same ``lam``); then ``(x - image_mean) / image_std`` per channel
+    when given. ``label_smoothing`` eps trains towards ``(1 - eps) * onehot + eps / C``.
+    """
+
+    def __init__(
+        self,
+        criterion: Any = None,
+        *,
+        label_smoothing: float = 0.0,
+        augment: Literal["none", "flip", "crop", "crop-flip"] = "none",
+        crop_padding: int = 4,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+    ) -> None:
+        from mlenv.data.augment import AUGMENTS
+
+        super().__init__(criterion)
+        if not 0 <= label_smoothing < 1:  # also refuses NaN
+            raise ConfigError(
+                f"--label_smoothing: accepts a number in [0, 1), got {label_smoothing}"
+            )
+        if augment not in AUGMENTS:
+            raise ConfigError(f"--augment: accepts {', '.join(AUGMENTS)}, got {augment!r}")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ConfigError(f"--crop_padding: accepts an integer >= 0, got {crop_padding!r}")
+        for name, alpha in (("mixup", mixup), ("cutmix", cutmix)):
+            if not alpha >= 0:
+                raise ConfigError(
+                    f"--{name}: accepts a Beta parameter >= 0 (0: off; 0.2 to 1 typical), "
+                    f"got {alpha}"
+                )
+        if (image_mean is None) != (image_std is None) or (
+            image_mean is not None and len(image_mean) != len(image_std)
+        ):
+            raise ConfigError(
+                "--image_mean/--image_std: give both, one value per channel each "
+                f"(got {image_mean} and {image_std})"
+            )
+        if image_std is not None and not all(s > 0 for s in image_std):
+            raise ConfigError(f"--image_std: accepts numbers > 0, got {image_std}")
+        self.label_smoothing = label_smoothing
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.mixup = mixup
+        self.cutmix = cutmix
+        self.image_mean = image_mean
+        self.image_std = image_std
 
     def get_criterion(self, model: nn.Module | None = None) -> Any:
-        return self.criterion or nn.CrossEntropyLoss()
+        return self.criterion or nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def prepare_images(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """uint8 -> [0, 1] floats; crop/flip when ``training``; per-channel normalisation."""
+        from mlenv.data.augment import augment_images, normalize, to_float
+
+        if x.ndim != 4:  # not images: left as they are
+            return x
+        x = to_float(x)
+        if training and self.augment != "none":
+            x = augment_images(x, self.augment, self.crop_padding)
+        if self.image_mean is not None:
+            x = normalize(x, self.image_mean, self.image_std)
+        return x
+
+    def model_inputs(self, x: Any) -> Any:
+        return self.prepare_images(x, training=False) if isinstance(x, torch.Tensor) else x
+
+    def forward_pass(self, model: nn.Module, batch: Any, criterion: Any) -> tuple[Any, Any]:
+        from mlenv.data.augment import mix_batch, mixed_targets
+
+        x, y = split_batch(batch)
+        x = self.prepare_images(x, model.training)
+        if model.training and (self.mixup > 0 or self.cutmix > 0) and x.ndim == 4:
+            x, perm, lam = mix_batch(x, self.mixup, self.cutmix)
+            output = model(x)  # (B, C)
+            targets = mixed_targets(y, perm, lam, output.shape[1])  # (B, C) probabilities
+            return criterion(output.float(), targets), output
+        output = model(x)
+        return criterion(output, y), output
 
     def batch_metrics(self, predictions: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
         return {"acc": (predictions.argmax(dim=1) == split_batch(batch)[1]).float().mean()}
@@ -122,7 +209,7 @@ class ClassificationTask(Task):
         return {"acc": "max"}
 
     def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return model(split_batch(batch)[0]).softmax(dim=1)
+        return model(self.model_inputs(split_batch(batch)[0])).softmax(dim=1)
 
 
 RECONSTRUCTIONS = ("bernoulli", "squared-error")
