@@ -59,7 +59,7 @@ def test_step09_trains_samples_and_writes_its_plots(tmp_path, mnist_root, capsys
     # one epoch of 4 batches from a fresh network: the noise-prediction MSE starts near 1
     assert 0.6 < stored["losses"][0] < 1.3
     assert stored["sampler"] == "ddim (5 steps, eta 0)" and stored["sample_steps"] == 5
-    assert stored["trajectory_steps"] == [800, 600, 400, 200, 0]
+    assert stored["trajectory_steps"] == [999, 799, 599, 399, 199]
     assert stored["precision"] == "bf16"  # the recipe's default (measured fastest on the CPU)
     loaded = load_run(stored["run_dir"])
     assert stored["parameters"] == sum(p.numel() for p in loaded.model.parameters())
@@ -76,7 +76,7 @@ def test_step09_trains_samples_and_writes_its_plots(tmp_path, mnist_root, capsys
     again = step09.sample_run(
         stored["run_dir"], tmp_path / "again", options_for(tmp_path, mnist_root, sample_steps=3)
     )
-    assert again["sampler"] == "ddim (3 steps, eta 0)" and again["trajectory_steps"][-1] == 0
+    assert again["sampler"] == "ddim (3 steps, eta 0)" and again["trajectory_steps"][-1] == 333
     assert again["parameters"] == stored["parameters"]
     assert json.loads((tmp_path / "again" / "results.json").read_text())["sample_steps"] == 3
     assert png_size(tmp_path / "again" / "samples.png") == (width, height)
@@ -91,7 +91,7 @@ def test_step09_sampler_choice_and_trajectory_columns():
     assert type(ddpm) is DDPMScheduler and ddpm.timesteps == list(range(999, -1, -1))
     assert type(step09.make_sampler(trained, 1000)) is DDPMScheduler
     ddim = step09.make_sampler(DDPMScheduler(beta_end=0.03), 50)
-    assert isinstance(ddim, DDIMScheduler) and ddim.timesteps[:2] == [980, 960]
+    assert isinstance(ddim, DDIMScheduler) and ddim.timesteps[:2] == [999, 979]
     assert float(ddim.betas[-1]) == pytest.approx(0.03)
     columns = step09.trajectory_steps(ddpm.timesteps)
     assert len(columns) == 10 and columns[0] == 999 and columns[-1] == 0
@@ -201,3 +201,19 @@ def test_recipes_train_from_the_command_line(tmp_path, mnist_root, capsys):
     assert png_size(summary["samples"])[0] > 100
     assert load_run(run_dir).task.p_uncond == 0.2
     capsys.readouterr()
+
+
+def test_step10_refuses_a_missing_judge_or_guidance_before_training(
+    tmp_path, mnist_root, monkeypatch, capsys
+):
+    """A judge that cannot be had is an error before the training (review finding: it came
+    after the whole run); a guidance that is not a finite scale >= 0 is refused at once."""
+    from mlenv.errors import MlenvError
+
+    monkeypatch.setenv("MLENV_JUDGE", str(tmp_path / "no-judge.safetensors"))
+    with pytest.raises(MlenvError, match="no judge there"):
+        step10.run(tmp_path / "out", None, options_for(tmp_path, mnist_root))
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    for bad in ("nan", "inf", "-1"):
+        assert main(["book", "step10", "--guidance", bad, "--out", str(tmp_path / bad)]) == 2
+        assert "--guidance: accepts a scale >= 0" in capsys.readouterr().err

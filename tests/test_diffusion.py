@@ -166,10 +166,10 @@ def test_ddim_with_the_exact_noise_stays_on_one_noise_path(digits):
     x0, _ = digits
     scheduler = DDIMScheduler()
     scheduler.set_timesteps(20)
-    assert scheduler.timesteps == list(range(950, -1, -50))
+    assert scheduler.timesteps == list(range(999, 0, -50))  # trailing: from the last step
     oracle = Oracle(x0)
     sample(oracle, scheduler, x0.shape, generator=torch.Generator().manual_seed(1))
-    eps = oracle(oracle.seen[0][1], torch.full((6,), 950))  # the noise in the starting x
+    eps = oracle(oracle.seen[0][1], torch.full((6,), 999))  # the noise in the starting x
     for t, x_t in oracle.seen[1:20]:
         ab = ALPHA_BARS[t]
         expected = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps

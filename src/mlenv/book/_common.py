@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ class BookOptions:
             raise ConfigError(f"--epochs: accepts a positive integer, got {self.epochs}")
         if self.sample_steps is not None and not 1 <= self.sample_steps <= 1000:
             raise ConfigError(f"--sample-steps: accepts 1 .. 1000, got {self.sample_steps}")
-        if self.guidance is not None and self.guidance < 0:
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ConfigError(f"--guidance: accepts a scale >= 0, got {self.guidance}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit: accepts a positive number of digits, got {self.limit}")

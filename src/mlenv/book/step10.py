@@ -104,6 +104,11 @@ def run(
     (``path``, ``min_accuracy``) and ``recipe_values`` override the recipe's (tests: a brief
     judge and a narrow UNet)."""
     options = book_options(options, data)
+    # the judge first: a missing or refused judge is an error before the training, not after it
+    # (with no judge anywhere one is trained here, as judging needs)
+    from mlenv.book.judge import mnist_judge
+
+    mnist_judge(options, **(judge_args or {}))
     result, loaded = train_recipe("mnist-cfg", folder, options, **recipe_values)
     losses = [row["train_loss"] for row in result.history]
     print(f"conditional UNet parameters: {sum(p.numel() for p in loaded.model.parameters()):,}")

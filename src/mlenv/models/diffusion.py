@@ -110,14 +110,15 @@ class DDPMScheduler:
 
 class DDIMScheduler(DDPMScheduler):
     """DDIM (Song et al. 2021) on the same schedule: any ``num_inference_steps`` evenly spaced
-    steps (``set_timesteps(50)``: 980, 960, ..., 0). ``step`` predicts x_0 from the noise
+    steps (``set_timesteps(50)``: 999, 979, ..., 19; the last one goes to the data). ``step``
+    predicts x_0 from the noise
     (clamped to [-1, 1] with ``clip_sample``) and moves to the previous visited step;
     ``eta = 0`` is deterministic, ``eta = 1`` over all steps is DDPM's posterior again.
 
     >>> scheduler = DDIMScheduler()
     >>> scheduler.set_timesteps(5)
     >>> scheduler.timesteps
-    [800, 600, 400, 200, 0]
+    [999, 799, 599, 399, 199]
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class DDIMScheduler(DDPMScheduler):
             raise ConfigError(f"eta: accepts a number >= 0 (0 is deterministic DDIM), got {eta}")
         self.eta = eta
         self.step_ratio = 1
+        self._previous: dict[int, int] = {}
 
     @classmethod
     def from_scheduler(cls, other: DDPMScheduler, eta: float = 0.0) -> DDIMScheduler:
@@ -153,7 +155,11 @@ class DDIMScheduler(DDPMScheduler):
         if not 1 <= k <= T:
             raise ConfigError(f"--sample-steps: accepts 1 .. {T}, got {num_inference_steps}")
         self.step_ratio = T // k
-        self.timesteps = [i * self.step_ratio for i in range(k - 1, -1, -1)]
+        # "trailing" spacing: start at the last step, T - 1, where the network was trained on
+        # (almost) pure noise; "leading" spacing (..., 0) would start 2 steps at t = 500
+        self.timesteps = [T - 1 - i * self.step_ratio for i in range(k)]
+        # each visited step moves to the next one visited; the last one to the data (-1)
+        self._previous = dict(zip(self.timesteps, [*self.timesteps[1:], -1], strict=True))
 
     def step(
         self,
@@ -163,7 +169,7 @@ class DDIMScheduler(DDPMScheduler):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         t = int(timestep)
-        prev = t - self.step_ratio
+        prev = self._previous.get(t, t - self.step_ratio)
         alpha_bar = self._alpha_bar[t]
         alpha_bar_prev = self._alpha_bar[prev] if prev >= 0 else 1.0  # past step 0: the data
         x0 = (sample - math.sqrt(1.0 - alpha_bar) * model_output) / math.sqrt(alpha_bar)
