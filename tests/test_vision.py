@@ -521,6 +521,20 @@ def test_bench_gives_parameters_and_flops_of_an_image_model() -> None:
     linear = 2 * (64 * 4 * 4 * 128 + 128 * 10)
     assert rows[0]["flops_per_sample"] == convs + linear
     assert f"{rows[0]['parameters']:,} parameters" in format_rows(rows)
+    with pytest.raises(ConfigError, match="--widths 8: a model name takes only --input-shape"):
+        benchmark_target("simple-cnn", ["--widths", "8"], [2], [3, 16, 16], 1, "cpu")
+
+
+def test_bench_of_a_recipe_on_uint8_images(tmp_path: Path) -> None:
+    from mlenv.bench.benchmark import benchmark_target, flops_per_sample
+
+    folder = cifar_folder(tmp_path / "src")
+    flags = ["--source", str(folder), "--root", str(tmp_path / "root")]
+    flags += ["--widths", "[4,8]", "--hidden", "8"]
+    rows = benchmark_target("cifar10-cnn", flags, [2], None, threads=1, device_name="cpu")
+    model = create_model("simple-cnn", in_channels=3, image_size=32, widths=[4, 8], hidden=8)
+    assert rows[0]["flops_per_sample"] == flops_per_sample(model, torch.zeros(1, 3, 32, 32))
+    assert rows[0]["parameters"] == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.skipif(

@@ -221,6 +221,11 @@ def benchmark_target(
     else:
         from mlenv.models import MODELS
 
+        if overrides:
+            raise ConfigError(
+                f"bench {target}: {' '.join(overrides)}: a model name takes only --input-shape "
+                "(the model's defaults otherwise); give a recipe to set other fields"
+            )
         if not input_shape:
             raise ConfigError(
                 f"bench {target}: a model name needs --input-shape (e.g. 20), or give a recipe"
