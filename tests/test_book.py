@@ -113,3 +113,22 @@ def test_book_data_download_from_a_url_with_checksum(tmp_path, shared_data, monk
         book_file("height.txt", base_url=(tmp_path / "mirror").as_uri())
     with pytest.raises(DataError, match="pass the file with --data FILE"):
         book_file("height.txt", base_url="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--device", "cuda"],
+        ["--seed", "3"],
+        ["--threads", "2"],
+        ["--precision", "bf16"],
+        ["--epochs", "2"],
+        ["--guidance", "3"],
+    ],
+)
+def test_training_flags_on_steps_1_to_5_are_refused_not_ignored(flags, tmp_path, capsys):
+    from mlenv.cli import main
+
+    assert main(["book", "step01", *flags, "--out", str(tmp_path / "o")]) == 2
+    assert f"{flags[0]}: applies to steps 06-10 only, not step01" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1011,7 +1011,9 @@ def cmd_book(argv: list[str]) -> int:
     training = parser.add_argument_group("steps 06-10 (training)")
     training.add_argument("--epochs", type=int, help="epochs to train (the book's by default)")
     training.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (the default)")
-    training.add_argument("--precision", help="32, bf16-mixed or 16-mixed (the recipe's default)")
+    training.add_argument(
+        "--precision", choices=["32", "bf16", "16"], help="32, bf16 or 16 (the recipe's default)"
+    )
     training.add_argument("--threads", type=int, help="torch threads on the CPU")
     training.add_argument("--seed", type=int, default=0, help="seed of the run (0)")
     training.add_argument("--limit", type=int, help="train on the first N digits only (a look)")
@@ -1029,9 +1031,6 @@ def cmd_book(argv: list[str]) -> int:
         return 0
     if args.step not in STEPS:
         raise ConfigError(f"unknown book step {args.step!r}; steps: {', '.join(STEPS)}")
-    out = args.out
-    if out is not None:
-        out = check_output_dir(out, inputs=[args.data], force=args.force, mkdir=args.mkdir)
     from mlenv.book import TRAINING_STEPS
     from mlenv.book._common import BookOptions
 
@@ -1059,11 +1058,18 @@ def cmd_book(argv: list[str]) -> int:
                 ("--sample-steps", args.sample_steps),
                 ("--guidance", args.guidance),
                 ("--runs-dir", args.runs_dir),
+                ("--precision", args.precision),
+                ("--threads", args.threads),
+                ("--device", None if args.device == "auto" else args.device),
+                ("--seed", None if args.seed == 0 else args.seed),
             )
             if value is not None
         ]
         if given:
             raise ConfigError(f"{given[0]}: applies to steps 06-10 only, not {args.step}")
+    out = args.out
+    if out is not None:
+        out = check_output_dir(out, inputs=[args.data], force=args.force, mkdir=args.mkdir)
     run_step(args.step, out, args.data, options)
     print(f"plots and results.json in {out or f'book-out/{args.step}'}")
     return 0
