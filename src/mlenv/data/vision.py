@@ -267,7 +267,7 @@ def load_fashion_mnist_uint8(
             if source or not download:
                 raise DataError(
                     f"Fashion-MNIST: {folder} lacks {' or '.join(names)}; put the official gz "
-                    "files there or pass their folder with source=DIR"
+                    "files there or pass their folder with --source DIR"
                 )
             from torchvision.datasets import FashionMNIST
 
@@ -277,7 +277,7 @@ def load_fashion_mnist_uint8(
                 why = " ".join(str(exc).split())
                 raise DataError(
                     f"Fashion-MNIST under {base}: {why}. Offline, pass the official gz "
-                    "files' folder with source=DIR"
+                    "files' folder with --source DIR"
                 ) from None
         images, labels = read_idx(folder / names[0]), read_idx(folder / names[1])
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -352,7 +352,7 @@ def _cifar10_folder(base: Path, source: str | Path | None, download: bool) -> Pa
             why = " ".join(str(exc).split())
             raise DataError(
                 f"CIFAR-10 under {base}: {why}. Offline, pass cifar-10-binary.tar.gz or its "
-                "extracted folder with source=PATH"
+                "extracted folder with --source PATH"
             ) from None
     return folder
 
