@@ -206,6 +206,12 @@ def outlier_run(files, tmp_path_factory):
     return run
 
 
+def test_training_with_baselines_says_they_beat_the_model(outlier_run):
+    summary = json.loads((outlier_run / "summary.json").read_text())
+    assert summary["baseline_hgb_test_acc"] - summary["test_acc"] > 0.15
+    assert "HistGradientBoosting reaches" in summary["baseline_warning"]
+
+
 # -- model checks -------------------------------------------------------------------------------
 
 

@@ -442,6 +442,12 @@ class BinaryTask(Task):
             plot_roc(y_test.numpy(), probability, run.plots / "roc_curve.png")
         if self.baselines:
             extra.update(fit_baselines(bundle))
+            from mlenv.train.baselines import baseline_warning
+
+            accuracy = float(((probability > self.threshold) == y_test.numpy()).mean())
+            line = baseline_warning(accuracy, extra)
+            if line:
+                extra["baseline_warning"] = line
         return extra
 
 
