@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import os
 import random
 import tarfile
 from pathlib import Path
@@ -537,9 +536,7 @@ def test_bench_of_a_recipe_on_uint8_images(tmp_path: Path) -> None:
     assert rows[0]["parameters"] == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.skipif(
-    not os.environ.get("MLENV_SLOW"), reason="slow tier (minutes): set MLENV_SLOW=1"
-)
+@pytest.mark.slow  # about 2 minutes of CPU: `make test-slow`, which CI runs
 def test_mnist_cnn_reaches_its_accuracy_on_the_cpu(mnist_root: Path, tmp_path: Path) -> None:
     """The slow tier: mnist-cnn (narrowed) on all 60,000 training digits, scored on the official
     10,000 test digits."""

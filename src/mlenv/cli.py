@@ -166,23 +166,10 @@ def _stdout_to_devnull() -> None:
 
 
 # -- parsing ------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are :class:`ConfigError` (one line, exit 2) instead of a usage
-    block; no abbreviated flags, since unknown flags may be a recipe's fields."""
+def _parser(command: str, description: str, epilog: str | None = None) -> Any:
+    from mlenv.commandline import OneLineParser
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        from mlenv.errors import ConfigError
-
-        raise ConfigError(f"{self.prog}: {message}; `{self.prog} --help` shows the flags")
-
-
-def _parser(command: str, description: str, epilog: str | None = None) -> _Parser:
-    return _Parser(prog=f"mlenv {command}", description=description, epilog=epilog)
+    return OneLineParser(prog=f"mlenv {command}", description=description, epilog=epilog)
 
 
 def _flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
@@ -620,7 +607,7 @@ def _store_flag(parser: argparse.ArgumentParser, default: Any = None) -> None:
     )
 
 
-def _recipe_parser(command: str, description: str) -> _Parser:
+def _recipe_parser(command: str, description: str) -> Any:
     parser = _parser(
         command,
         description,

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mlenv.commandline import OneLineParser
 from mlenv.doctor.verdict import Verdict, format_verdicts
 from mlenv.errors import ConfigError
 
@@ -20,19 +21,6 @@ DOCTOR_USAGE = (
     "mlenv doctor RECIPE [recipe flags] [--checks LIST] [--out DIR] [--force]\n"
     "       mlenv doctor --run RUN_DIR [--checks LIST] [--out DIR] [--force]"
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line ``ConfigError``s (exit 2); no abbreviated flags,
-    since the flags it does not know are the recipe's."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}; `{self.prog} --help` shows the flags")
 
 
 def _positive_float(flag: str) -> Any:
@@ -100,8 +88,8 @@ def _out_flags(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
 
-def _doctor_parser() -> _Parser:
-    parser = _Parser(
+def _doctor_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="mlenv doctor",
         usage=DOCTOR_USAGE,
         description="Short checks of why a run fails, each with a verdict (ok, warn, fail, skip), "
@@ -134,8 +122,8 @@ def _doctor_parser() -> _Parser:
     return parser
 
 
-def _lr_find_parser() -> _Parser:
-    parser = _Parser(
+def _lr_find_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="mlenv lr-find",
         usage="mlenv lr-find RECIPE [recipe flags] [--start-lr LR] [--end-lr LR] "
         "[--lr-steps N] [--out DIR] [--force]",
@@ -148,7 +136,7 @@ def _lr_find_parser() -> _Parser:
     return parser
 
 
-def _recipe_config(prog: str, rest: list[str], parser: _Parser) -> Any:
+def _recipe_config(prog: str, rest: list[str], parser: OneLineParser) -> Any:
     """The recipe named first in ``rest``, resolved with the rest of the flags."""
     from mlenv.config import build_parser, load_recipe, resolve
 
