@@ -79,9 +79,35 @@ def test_a_corrupt_download_is_refused(tmp_path: Path, shared_data: Path) -> Non
         shutil.copyfile(shared_data / "mnist" / name, source / name)
     with gzip.open(source / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + b"\x00" * 20)  # wrong content: MD5 differs
-    # torchvision checks the MD5, finds it wrong and tries the network, which is closed here
-    with pytest.raises(DataError, match="MNIST under") as caught:
+    with pytest.raises(DataError, match="not the official MNIST file") as caught:
         load_mnist_uint8(tmp_path / "root", "test", source=source)
+    assert "t10k-labels-idx1-ubyte.gz" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "root" / "MNIST" / "mlenv-test.pt").exists()
+
+
+def test_a_source_is_checked_even_when_a_cache_exists(tmp_path, mnist_root):
+    """--data naming other files (Fashion-MNIST's have the same names) must not quietly train
+    on the MNIST cached earlier (review finding)."""
+    source = tmp_path / "other"
+    source.mkdir()
+    for name in MNIST_FILES:
+        with gzip.open(source / name, "wb") as f:
+            f.write(b"garbage")
+    with pytest.raises(DataError, match="not the official MNIST file"):
+        load_mnist_uint8(mnist_root, "train", source=source)
+
+
+def test_torchvision_checks_what_lies_in_raw(tmp_path, shared_data):
+    """Without a source, torchvision checks the MD5 of the files in ROOT/MNIST/raw, finds a bad
+    one and tries the network, which is closed here: one line, no cache."""
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copyfile(shared_data / "mnist" / name, raw / name)
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + b"\x00" * 20)
+    with pytest.raises(DataError, match="MNIST under") as caught:
+        load_mnist_uint8(tmp_path / "root", "test")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "root" / "MNIST" / "mlenv-test.pt").exists()
 

@@ -65,6 +65,30 @@ def _place_offline_files(raw: Path, source: str | Path | None) -> None:
         shutil.copyfile(src / name, raw / name)
 
 
+def check_mnist_source(source: str | Path) -> Path:
+    """``source`` must hold the four official MNIST gz files (torchvision's MD5s): a folder of
+    other files (Fashion-MNIST's have the same names) is refused in one line, whatever a cache
+    already holds."""
+    import hashlib
+
+    from torchvision.datasets import MNIST
+
+    src = Path(source)
+    if not src.is_dir():
+        raise DataError(
+            f"MNIST source {src}: no such folder (it should hold {MNIST_FILES[0]}, ...)"
+        )
+    expected = {Path(url).name: md5 for url, md5 in MNIST.resources}
+    for name in MNIST_FILES:
+        if not (src / name).is_file():
+            raise DataError(f"MNIST source {src}: {name} is missing")
+        if hashlib.md5((src / name).read_bytes()).hexdigest() != expected[name]:
+            raise DataError(
+                f"MNIST source {src}: {name} is not the official MNIST file (MD5 differs)"
+            )
+    return src
+
+
 def load_mnist_uint8(
     root: str | Path | None = None,
     split: Literal["train", "test"] = "train",
@@ -77,6 +101,9 @@ def load_mnist_uint8(
     if split not in ("train", "test"):
         raise ConfigError(f"split: accepts train or test, got {split!r}")
     base = data_root(root)
+    source = source or os.environ.get("MLENV_MNIST_SOURCE")
+    if source:  # the files named are the ones read: checked even when a cache exists
+        check_mnist_source(source)
     cache = base / "MNIST" / f"mlenv-{split}.pt"
     if cache.is_file():
         try:
