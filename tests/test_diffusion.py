@@ -317,3 +317,31 @@ def test_task_refuses_label_dropping_without_a_conditional_model():
         DiffusionTask(p_uncond=0.1).get_criterion(create_model("unet", **TINY))
     with pytest.raises(ConfigError, match=r"--p_uncond: accepts a probability in \[0, 1\), got 1"):
         DiffusionTask(p_uncond=1.0)
+
+
+def test_training_steps_cover_the_whole_chain():
+    """t is drawn uniformly from 0 .. T-1 (the sampler's first and last steps are trained too):
+    a recording model sees both ends and a mean near (T - 1) / 2 over many draws."""
+
+    class Recorder(nn.Module):
+        null_label = None
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[torch.Tensor] = []
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, labels=None):
+            self.seen.append(t)
+            return x * self.w
+
+    task = DiffusionTask()
+    model = Recorder()
+    criterion = task.get_criterion(model)
+    torch.manual_seed(0)
+    x = torch.zeros(2000, 1, 2, 2)
+    for _ in range(10):
+        task.forward_pass(model, (x, torch.zeros(2000, dtype=torch.long)), criterion)
+    t = torch.cat(model.seen)
+    assert int(t.min()) == 0 and int(t.max()) == T - 1
+    assert abs(float(t.float().mean()) - (T - 1) / 2) < 5  # sd of the mean: 289 / sqrt(20000)
