@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, median
-from mlenv.config import TRAIN_FIELDS, TrainConfig
+from mlenv.config import TrainConfig
 from mlenv.data.text import RandomBlocks, text_lm, tokenizer_from_state
 from mlenv.models import create_model
 from mlenv.train.checkpoint import atomic_write_bytes
@@ -207,8 +207,7 @@ def mlenv_config(compile: bool, epochs: int) -> TrainConfig:
         progress=False,
         monitor="val_nll",
         save_top_k=0,
-        # nanoGPT decays matrices only (where the Trainer offers it)
-        **({"wd_skip_bias_norm": True} if "wd_skip_bias_norm" in TRAIN_FIELDS else {}),
+        wd_skip_bias_norm=True,  # nanoGPT decays the weight matrices only
     )
 
 
