@@ -14,18 +14,12 @@ import sys
 import time
 from typing import Any, TextIO
 
+from mlenv.commandline import OneLineParser
 from mlenv.errors import ConfigError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line ``ConfigError``s (exit 2), not a usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}; `{self.prog} --help` shows the flags")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="mlenv generate",
         description="Text from a trained language model (a run of gpt-char, or any text-lm "
         "recipe with a GPT), printed as the tokens come.",
