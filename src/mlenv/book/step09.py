@@ -168,17 +168,11 @@ def sample_and_draw(loaded: Any, folder: Path, options: BookOptions) -> dict[str
     }
 
 
-def run(
-    folder: Path, data: str | None, options: BookOptions, **recipe_values: Any
-) -> dict[str, Any]:
-    """Train, sample, draw. ``recipe_values`` override the recipe's (tests: a narrow UNet)."""
-    options = book_options(options, data)
-    result, loaded = train_recipe("mnist-ddpm", folder, options, **recipe_values)
+def write_training_results(folder: Path, result: Any, drawn: dict[str, Any], title: str) -> dict:
+    """results.json of a diffusion step: the per-epoch losses and seconds, the run folder, and
+    what sampling ``drawn`` (its plots gain the loss curve)."""
     losses = [row["train_loss"] for row in result.history]
-    drawn = sample_and_draw(loaded, folder, options)
-    drawn["plots"]["losses"] = plot_losses(
-        losses, folder / "losses.png", "DDPM noise-prediction loss (MSE)"
-    )
+    drawn["plots"]["losses"] = plot_losses(losses, folder / "losses.png", title)
     results = {
         "epochs": len(losses),
         "losses": losses,
@@ -187,6 +181,18 @@ def run(
         **drawn,
     }
     write_results(folder, results)
+    return results
+
+
+def run(
+    folder: Path, data: str | None, options: BookOptions, **recipe_values: Any
+) -> dict[str, Any]:
+    """Train, sample, draw. ``recipe_values`` override the recipe's (tests: a narrow UNet)."""
+    options = book_options(options, data)
+    result, loaded = train_recipe("mnist-ddpm", folder, options, **recipe_values)
+    losses = [row["train_loss"] for row in result.history]
+    drawn = sample_and_draw(loaded, folder, options)
+    results = write_training_results(folder, result, drawn, "DDPM noise-prediction loss (MSE)")
     print(f"UNet parameters: {results['parameters']:,}")
     print(f"loss: epoch 1 {losses[0]:.5f}, epoch {len(losses)} {losses[-1]:.5f}")
     print(f"{SAMPLES} samples with {drawn['sampler']}: {drawn['sampling_seconds']:.1f} s")

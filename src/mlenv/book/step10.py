@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from mlenv.book._common import BookOptions, plot_losses, save_grid, train_recipe, write_results
+from mlenv.book._common import BookOptions, save_grid, train_recipe, write_results
 from mlenv.book.step09 import (
     book_options,
     draw_samples,
     make_sampler,
     sampler_name,
     trained_run,
+    write_training_results,
 )
 from mlenv.errors import ConfigError
 from mlenv.runtime.device import choose_device
@@ -114,18 +115,7 @@ def run(
     print(f"conditional UNet parameters: {sum(p.numel() for p in loaded.model.parameters()):,}")
     print(f"loss: epoch 1 {losses[0]:.5f}, epoch {len(losses)} {losses[-1]:.5f}")
     drawn = sample_and_judge(loaded, folder, options, judge_args)
-    drawn["plots"]["losses"] = plot_losses(
-        losses, folder / "losses.png", "conditional DDPM loss (MSE)"
-    )
-    results = {
-        "epochs": len(losses),
-        "losses": losses,
-        "epoch_seconds": [row["seconds"] for row in result.history],
-        "run_dir": str(result.run_dir),
-        **drawn,
-    }
-    write_results(folder, results)
-    return results
+    return write_training_results(folder, result, drawn, "conditional DDPM loss (MSE)")
 
 
 def judge_run(
