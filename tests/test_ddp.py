@@ -197,6 +197,9 @@ def test_two_processes_train_the_weights_of_one_and_only_rank0_writes(tmp_path, 
     # 48 (the last of 9) split 24/24 and 5/4
     assert summary["rows_per_process"] == [3 * (26 * 24 + 5), 3 * (26 * 24 + 4)]
     assert len(b["rng_ranks"]) == 2  # each process's RNG stream, for an exact resume
+    # seeded seed + rank: the processes draw different dropout masks (one stream would repeat
+    # the same mask on both halves of every batch)
+    assert not torch.equal(b["rng_ranks"][0]["torch"], b["rng_ranks"][1]["torch"])
 
     # only rank 0 wrote: one run folder with the files a single run has, one TensorBoard
     # stream, nothing else in the working folder, each store row once, each line printed once
