@@ -87,6 +87,24 @@ def windows(
     return x, y
 
 
+def read_text_file(
+    dataset: str, path: str, max_chars: int, val_fraction: float
+) -> tuple[Path, str]:
+    """The checks the text data sets share (``--max-chars``, ``--val-fraction``, ``--path``)
+    and the file's text, read as UTF-8 (one-line errors naming the flag)."""
+    if max_chars < 0:
+        raise ConfigError(
+            f"--max-chars: accepts an integer >= 0 (0: the whole file), got {max_chars}"
+        )
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val-fraction: accepts a fraction in (0, 1), got {val_fraction}")
+    if not path.strip():
+        raise DataError(f"{dataset}: give the text file with --path FILE")
+    file = Path(path)
+    text, _ = read_utf8(file, "--path")
+    return file, text
+
+
 @register_dataset("char-text", provides=("vocab_size",))
 def char_text(
     path: str = "",
@@ -97,16 +115,7 @@ def char_text(
     """A plain-text file as characters: first part for training, the tail for validation."""
     if block_size < 1:
         raise ConfigError(f"--block-size: accepts an integer >= 1, got {block_size}")
-    if max_chars < 0:
-        raise ConfigError(
-            f"--max-chars: accepts an integer >= 0 (0: the whole file), got {max_chars}"
-        )
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val-fraction: accepts a fraction in (0, 1), got {val_fraction}")
-    if not path.strip():
-        raise DataError("char-text: give the text file with --path FILE")
-    file = Path(path)
-    text, _ = read_utf8(file, "--path")
+    file, text = read_text_file("char-text", path, max_chars, val_fraction)
     if not text:
         raise DataError(f"char-text: {file} is empty")
     vocab = CharVocab(text)  # the whole file's alphabet, so the uniform baseline is ln(|V|)
@@ -338,16 +347,7 @@ def text_lm(
     for flag, value in (("--eval-interval", eval_interval), ("--eval-iters", eval_iters)):
         if value < 1:
             raise ConfigError(f"{flag}: accepts an integer >= 1, got {value}")
-    if max_chars < 0:
-        raise ConfigError(
-            f"--max-chars: accepts an integer >= 0 (0: the whole file), got {max_chars}"
-        )
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val-fraction: accepts a fraction in (0, 1), got {val_fraction}")
-    if not path.strip():
-        raise DataError("text-lm: give the text file with --path FILE")
-    file = Path(path)
-    text, _ = read_utf8(file, "--path")
+    file, text = read_text_file("text-lm", path, max_chars, val_fraction)
     if max_chars:
         text = text[:max_chars]
     if not text:
