@@ -32,3 +32,34 @@ def mnist_root(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
     for split in ("train", "test"):
         load_mnist_uint8(root, split, source=shared_data / "mnist")
     return root
+
+
+# a brief judge of generated digits: 2,000 training digits, narrow layers, 2 epochs (a few
+# seconds on one thread; the real judge is held to 0.99, this one to what it reaches)
+BRIEF_JUDGE = {
+    "epochs": 2,
+    "limit": 2000,
+    "widths": [8, 16],
+    "hidden": 32,
+    "dropout": 0.0,
+    "head_dropout": 0.0,
+    "batch_size": 64,
+    "lr": 0.01,
+}
+
+
+@pytest.fixture(scope="session")
+def brief_judge(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> tuple[Path, dict]:
+    """(weights path, record) of a judge trained once for the session with ``train_judge``."""
+    import torch
+
+    from mlenv.book._common import BookOptions
+    from mlenv.book.judge import train_judge
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("judge")
+    options = BookOptions(
+        device="cpu", data_dir=str(mnist_root), runs_dir=str(folder / "runs"), threads=1
+    )
+    path = folder / "mnist-cnn.safetensors"
+    return path, train_judge(options, path, **BRIEF_JUDGE)

@@ -13,24 +13,12 @@ from PIL import Image
 
 from mlenv.book import step09, step10
 from mlenv.book._common import BookOptions
-from mlenv.book.judge import train_judge
 from mlenv.cli import main
 from mlenv.errors import ConfigError
 from mlenv.models.diffusion import DDIMScheduler, DDPMScheduler
 from mlenv.train.run import load_run
 
 NARROW = {"channels": [8, 16, 16], "time_dim": 16}  # a UNet of ~25k weights
-# a brief judge (as in test_judge): 2,000 digits, narrow layers, 2 epochs
-BRIEF_JUDGE = {
-    "epochs": 2,
-    "limit": 2000,
-    "widths": [8, 16],
-    "hidden": 32,
-    "dropout": 0.0,
-    "head_dropout": 0.0,
-    "batch_size": 64,
-    "lr": 0.01,
-}
 
 
 @pytest.fixture(autouse=True)
@@ -99,22 +87,11 @@ def test_step09_sampler_choice_and_trajectory_columns():
     assert step09.trajectory_steps(list(range(80, -1, -20))) == [80, 60, 40, 20, 0]
 
 
-@pytest.fixture(scope="module")
-def brief_judge(tmp_path_factory, mnist_root):
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("judge")
-    options = BookOptions(
-        device="cpu", data_dir=str(mnist_root), runs_dir=str(folder / "runs"), threads=1
-    )
-    path = folder / "mnist-cnn.safetensors"
-    record = train_judge(options, path, **BRIEF_JUDGE)
-    return {"path": path, "min_accuracy": 0.5}, record
-
-
 def test_step10_drops_labels_guides_and_judges(
     tmp_path, mnist_root, brief_judge, capsys, monkeypatch
 ):
-    judge_args, record = brief_judge
+    path, record = brief_judge
+    judge_args = {"path": path, "min_accuracy": 0.5}
     out = tmp_path / "out"
     out.mkdir()
     judged = []  # what the (real) judge is shown

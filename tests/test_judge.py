@@ -19,38 +19,17 @@ from mlenv.book.judge import (
     mnist_judge,
     record_path,
     save_judge,
-    train_judge,
 )
 from mlenv.data.vision import load_mnist_uint8
 from mlenv.errors import CheckpointError, DataError
 
 LOW = 0.5  # the accuracy the brief judge is held to here (the real one: 0.99)
-# a brief judge: 1,800 training digits, narrow layers, 2 epochs (a few seconds on one thread)
-BRIEF = {
-    "epochs": 2,
-    "limit": 2000,
-    "widths": [8, 16],
-    "hidden": 32,
-    "dropout": 0.0,
-    "head_dropout": 0.0,
-    "batch_size": 64,
-    "lr": 0.01,
-}
 
 
 @pytest.fixture(scope="module")
 def options(tmp_path_factory, mnist_root):
     runs = tmp_path_factory.mktemp("judge-runs")
     return BookOptions(device="cpu", data_dir=str(mnist_root), runs_dir=str(runs), threads=1)
-
-
-@pytest.fixture(scope="module")
-def brief_judge(tmp_path_factory, options):
-    """(weights path, record) of a judge trained briefly with train_judge."""
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("judge") / "mnist-cnn.safetensors"
-    record = train_judge(options, path, **BRIEF)
-    return path, record
 
 
 @pytest.fixture(scope="module")
