@@ -379,3 +379,21 @@ def test_tasks_see_the_model_inside_ddp_and_compile(tmp_path):
         assert unwrap_model(DistributedDataParallel(torch.nn.Linear(2, 2))).in_features == 2
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_batchnorm_on_the_cpu_under_devices_is_warned_once(tmp_path, shared_data, capfd):
+    """Without CUDA there is no SyncBatchNorm: each process normalises its own half of the
+    batch, so the result is not one process's; the run says so (once, from rank 0)."""
+    code = main(
+        [
+            *("train", "mnist-cnn", "--source", str(shared_data / "mnist")),
+            *("--root", str(tmp_path / "root"), "--runs-dir", str(tmp_path / "runs")),
+            *("--limit", "256", "--epochs", "1", "--devices", "2", "--widths", "[4,8]"),
+            *("--hidden", "8", "--progress", "false", "--threads", "1"),
+        ]
+    )
+    assert code == 0
+    captured = capfd.readouterr()  # the processes write to the file descriptors
+    text = captured.out + captured.err
+    assert text.count("warning: BatchNorm on the CPU under --devices 2") == 1

@@ -309,6 +309,15 @@ class Trainer:
         if self.world.size > 1 and self.device.type == "cuda":
             # batch statistics over the global batch, as one process computes them (GPU only)
             self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
+        elif self.world.size > 1 and self.world.rank == 0:
+            norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+            if any(isinstance(m, norms) for m in self.raw_model.modules()):
+                print(
+                    "warning: BatchNorm on the CPU under --devices "
+                    f"{self.world.size}: each process normalises with its own share of the "
+                    "batch (SyncBatchNorm needs CUDA), so the result differs from one process",
+                    file=sys.stderr,
+                )
         self.model = torch.compile(self.raw_model) if c.compile else self.raw_model
         self._model_ready = True
 
