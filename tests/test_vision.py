@@ -1,13 +1,16 @@
-"""Vision: Fashion-MNIST and CIFAR-10 readers on files built here in the official formats,
-augmentation on the device, ResNets, label smoothing, EMA of the weights (math, evaluation,
+"""Vision: Fashion-MNIST and CIFAR-10 readers on files built here in the official formats
+(placed under ROOT, which is read as it is, or named by --source, which must have the official
+MD5s: a test that goes past that check makes its own files the official ones), augmentation on the device, ResNets, label smoothing, EMA of the weights (math, evaluation,
 checkpoints, exact resume), weight-decay groups, and `mlenv bench` on image models."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import math
 import random
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,11 +20,12 @@ import torch
 from torch import nn
 
 from mlenv.config import TrainConfig, load_recipe, resolve
-from mlenv.data import DATASETS
+from mlenv.data import DATASETS, vision
 from mlenv.data.augment import mix_batch, mixed_targets, random_crop, random_flip
 from mlenv.data.vision import (
     CIFAR10_FILES,
     CIFAR10_FOLDER,
+    MNIST_FILES,
     load_cifar10_uint8,
     load_fashion_mnist_uint8,
     read_cifar10_binary,
@@ -81,42 +85,71 @@ def cifar_folder(root: Path, per_file: int = 2) -> Path:
     return folder
 
 
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def make_official(monkeypatch: pytest.MonkeyPatch, folder: Path | None, archive: Path | None):
+    """The files built here stand in for the official ones: their MD5s become the expected
+    ones (the check itself is tested against the real MD5s below)."""
+    if folder is not None:
+        table = {name: md5(folder / name) for name in MNIST_FILES}
+        monkeypatch.setattr(vision, "FASHION_MNIST_MD5", table)
+    if archive is not None:
+        monkeypatch.setattr(vision, "CIFAR10_MD5", md5(archive))
+
+
+def cifar_archive(tmp_path: Path, name: str, per_file: int = 2, shift: int = 0) -> Path:
+    """cifar-10-binary.tar.gz holding ``cifar_folder``'s files (``shift`` added to every
+    label modulo 10, to tell two archives apart)."""
+    folder = cifar_folder(tmp_path / f"{name}-files", per_file)
+    for f in folder.iterdir():
+        data = bytearray(f.read_bytes())
+        data[:: 1 + 3072] = bytes((b + shift) % 10 for b in data[:: 1 + 3072])
+        f.write_bytes(bytes(data))
+    archive = tmp_path / f"{name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=CIFAR10_FOLDER)
+    return archive
+
+
 def test_fashion_mnist_reader_reads_the_official_idx_format(tmp_path: Path) -> None:
-    made = fashion_files(tmp_path / "gz")
-    b = DATASETS.create("fashion-mnist", root=str(tmp_path / "root"), source=str(tmp_path / "gz"))
+    made = fashion_files(tmp_path / "root" / "FashionMNIST" / "raw")
+    b = DATASETS.create("fashion-mnist", root=str(tmp_path / "root"))
     x, y = b.train
     assert x.shape == (12, 1, 28, 28) and x.dtype == torch.uint8  # uint8 all the way
     assert np.array_equal(x[:, 0].numpy(), made["train"][0])
     assert y.tolist() == [i % 10 for i in range(12)] and y.dtype == torch.int64
     assert int(x[3, 0, 5, 5]) == 30 and int(x[3, 0, 0, 1]) == 255 and int(x[3, 0, 1, 0]) == 30
     assert b.test[0].shape == (6, 1, 28, 28) and b.model_kwargs["in_channels"] == 1
-    # cached: a second read needs no source files
-    for f in (tmp_path / "gz").iterdir():
+    # cached: a second read needs no files
+    for f in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir():
         f.unlink()
     images, _ = load_fashion_mnist_uint8(tmp_path / "root", "train")
     assert np.array_equal(images.numpy(), made["train"][0])
 
 
 def test_a_damaged_idx_file_is_one_line_naming_it(tmp_path: Path) -> None:
-    fashion_files(tmp_path / "gz")
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    fashion_files(raw)
     name = "t10k-images-idx3-ubyte.gz"
-    data = gzip.decompress((tmp_path / "gz" / name).read_bytes())
-    (tmp_path / "gz" / name).write_bytes(gzip.compress(data[:-100]))  # truncated
+    data = gzip.decompress((raw / name).read_bytes())
+    (raw / name).write_bytes(gzip.compress(data[:-100]))  # truncated
     with pytest.raises(DataError, match=f"{name}: .* truncated") as caught:
-        load_fashion_mnist_uint8(tmp_path / "root", "test", source=tmp_path / "gz")
+        load_fashion_mnist_uint8(tmp_path / "root", "test")
     assert "\n" not in str(caught.value)
-    (tmp_path / "gz" / name).write_bytes(gzip.compress(data + b"\x00"))  # a byte too many
+    (raw / name).write_bytes(gzip.compress(data + b"\x00"))  # a byte too many
     with pytest.raises(DataError, match=f"{name}: {len(data) + 1} bytes, but its header"):
-        load_fashion_mnist_uint8(tmp_path / "root", "test", source=tmp_path / "gz")
-    (tmp_path / "gz" / name).write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + data[4:]))
+        load_fashion_mnist_uint8(tmp_path / "root", "test")
+    (raw / name).write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + data[4:]))
     with pytest.raises(DataError, match="wrong magic number"):
-        load_fashion_mnist_uint8(tmp_path / "root", "test", source=tmp_path / "gz")
+        load_fashion_mnist_uint8(tmp_path / "root", "test")
     assert not (tmp_path / "root" / "FashionMNIST" / "mlenv-test.pt").exists()
     with pytest.raises(DataError, match="no such folder"):
         load_fashion_mnist_uint8(tmp_path / "r2", "test", source=tmp_path / "nothing")
 
 
-def test_cifar10_binary_reader_labels_channels_and_rows(tmp_path: Path) -> None:
+def test_cifar10_binary_reader_labels_channels_and_rows(tmp_path: Path, monkeypatch) -> None:
     folder = cifar_folder(tmp_path / "src")
     x, y = read_cifar10_binary(folder / "data_batch_2.bin")  # records 2 and 3
     assert x.shape == (2, 3, 32, 32) and x.dtype == torch.uint8
@@ -127,6 +160,7 @@ def test_cifar10_binary_reader_labels_channels_and_rows(tmp_path: Path) -> None:
     archive = tmp_path / "cifar-10-binary.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=CIFAR10_FOLDER)
+    make_official(monkeypatch, None, archive)
     b = DATASETS.create("cifar10", root=str(tmp_path / "root"), source=str(archive))
     assert b.train[0].shape == (10, 3, 32, 32) and b.train[1].tolist() == list(range(10))
     assert b.test[1].tolist() == [0, 1]  # records 10 and 11: labels 10 % 10, 11 % 10
@@ -142,33 +176,96 @@ def test_cifar10_binary_reader_labels_channels_and_rows(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_cifar10_file_is_one_line_naming_it(tmp_path: Path) -> None:
-    folder = cifar_folder(tmp_path / "src")
+    folder = cifar_folder(tmp_path / "root" / "CIFAR10")
     batch = folder / "data_batch_3.bin"
     batch.write_bytes(batch.read_bytes()[:-5])
     with pytest.raises(DataError, match=r"data_batch_3\.bin: 6141 bytes is not a whole") as caught:
-        load_cifar10_uint8(tmp_path / "root", "train", source=folder)
+        load_cifar10_uint8(tmp_path / "root", "train", download=False)
     assert "\n" not in str(caught.value)
     batch.write_bytes(cifar_record(10, 0) + cifar_record(1, 0))
     with pytest.raises(DataError, match="record 0 has label 10"):
-        load_cifar10_uint8(tmp_path / "root", "train", source=folder)
-    with pytest.raises(DataError, match=r"holds no data_batch_1\.bin"):
-        load_cifar10_uint8(tmp_path / "root", "train", source=tmp_path)
+        load_cifar10_uint8(tmp_path / "root", "train", download=False)
+    batch.unlink()
+    with pytest.raises(DataError, match="lacks the batch files and download is off"):
+        load_cifar10_uint8(tmp_path / "root", "train", download=False)
 
 
-def test_a_tar_that_writes_outside_its_folder_is_refused(tmp_path: Path) -> None:
+def test_a_tar_that_writes_outside_its_folder_is_refused(tmp_path: Path, monkeypatch) -> None:
     archive = tmp_path / "evil.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         info = tarfile.TarInfo("../escaped.bin")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"abc"))
+    make_official(monkeypatch, None, archive)  # past the MD5 check: the extraction refuses it
     with pytest.raises(DataError, match=r"evil\.tar\.gz: cannot extract"):
         load_cifar10_uint8(tmp_path / "root" / "r", "train", source=archive)
     assert not (tmp_path / "root" / "r" / "escaped.bin").exists()
 
 
+def test_fashion_mnist_refuses_the_mnist_files_even_when_a_cache_exists(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Review finding: --source naming MNIST's folder (the same file names) trained on digits
+    under the name fashion-mnist, and any cache was returned whatever --source said."""
+    from torchvision.datasets import FashionMNIST
+
+    root = tmp_path / "root"
+    fashion_files(root / "FashionMNIST" / "raw")
+    for split in ("train", "test"):
+        load_fashion_mnist_uint8(root, split)  # a cache of each split now exists
+    for split, name in (("train", MNIST_FILES[0]), ("test", MNIST_FILES[2])):
+        with pytest.raises(DataError, match=f"{name} is not the official Fashion-MNIST") as caught:
+            load_fashion_mnist_uint8(root, split, source=shared_data / "mnist")
+        assert "\n" not in str(caught.value) and str(shared_data / "mnist") in str(caught.value)
+    with pytest.raises(DataError, match="not the official Fashion-MNIST file"):
+        DATASETS.create("fashion-mnist", root=str(root), source=str(shared_data / "mnist"))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copyfile(shared_data / "mnist" / MNIST_FILES[3], partial / MNIST_FILES[3])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is missing"):
+        load_fashion_mnist_uint8(root, "test", source=partial)
+    # the expected MD5s are the published ones torchvision checks its downloads with
+    assert dict(FashionMNIST.resources) == vision.FASHION_MNIST_MD5
+
+
+def test_cifar10_refuses_an_archive_that_is_not_the_official_one(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    cifar_folder(root / "CIFAR10")
+    load_cifar10_uint8(root, "train", download=False)  # a cache now exists
+    archive = cifar_archive(tmp_path, "other")  # the right format, other bytes
+    with pytest.raises(DataError, match=r"other\.tar\.gz: not the official cifar-10-binary"):
+        load_cifar10_uint8(root, "train", source=archive)
+    with pytest.raises(DataError, match=r"a folder cannot be checked .* pass cifar-10-binary"):
+        load_cifar10_uint8(root, "test", source=root / "CIFAR10" / CIFAR10_FOLDER)
+    with pytest.raises(DataError, match="no such file or folder"):
+        load_cifar10_uint8(root, "test", source=tmp_path / "missing.tar.gz")
+    assert vision.CIFAR10_MD5 == "c32a1d4ab5d03f1923b49d6b8d3c6e3b"  # the CIFAR page's
+
+
+def test_a_cache_made_from_one_source_is_not_returned_for_another(tmp_path, monkeypatch):
+    """Review finding: a second --source got the first one's images from the cache."""
+    root = tmp_path / "root"
+    fashion_files(root / "FashionMNIST" / "raw", n_train=5)
+    assert len(load_fashion_mnist_uint8(root, "train")[0]) == 5  # a cache built without a key
+    made_a, made_b = fashion_files(tmp_path / "a"), fashion_files(tmp_path / "b", n_train=7)
+    make_official(monkeypatch, tmp_path / "a", None)
+    images, _ = load_fashion_mnist_uint8(root, "train", source=tmp_path / "a")
+    assert np.array_equal(images.numpy(), made_a["train"][0])
+    make_official(monkeypatch, tmp_path / "b", None)
+    images, _ = load_fashion_mnist_uint8(root, "train", source=tmp_path / "b")
+    assert np.array_equal(images.numpy(), made_b["train"][0])
+    assert len(load_fashion_mnist_uint8(root, "train")[0]) == 7  # the cache holds b's now
+    # CIFAR-10: two archives whose test labels are 0, 1 and 3, 4
+    first, second = cifar_archive(tmp_path, "c1"), cifar_archive(tmp_path, "c2", shift=3)
+    make_official(monkeypatch, None, first)
+    assert load_cifar10_uint8(root, "test", source=first)[1].tolist() == [0, 1]
+    make_official(monkeypatch, None, second)
+    assert load_cifar10_uint8(root, "test", source=second)[1].tolist() == [3, 4]
+
+
 def test_validation_images_come_from_the_training_images(tmp_path: Path) -> None:
-    folder = cifar_folder(tmp_path / "src", per_file=4)
-    b = DATASETS.create("cifar10", root=str(tmp_path / "r"), source=str(folder), val_size=0.25)
+    cifar_folder(tmp_path / "r" / "CIFAR10", per_file=4)
+    b = DATASETS.create("cifar10", root=str(tmp_path / "r"), val_size=0.25)
     assert len(b.train[0]) == 15 and len(b.val[0]) == 5 and len(b.test[0]) == 4
     assert set(b.val[1].tolist()) | set(b.train[1].tolist()) == set(range(10))
     assert sorted(b.val[1].tolist() + b.train[1].tolist()) == sorted(i % 10 for i in range(20))
@@ -493,11 +590,11 @@ def test_ema_weights_are_validated_checkpointed_and_resumed_exactly(small_images
 def test_cifar10_recipe_trains_end_to_end_on_uint8_images(tmp_path: Path) -> None:
     from mlenv.train.run import run_recipe
 
-    folder = cifar_folder(tmp_path / "src", per_file=12)
+    cifar_folder(tmp_path / "root" / "CIFAR10", per_file=12)
     cfg = resolve(
         load_recipe("cifar10-cnn"),
         [
-            *("--source", str(folder), "--root", str(tmp_path / "root")),
+            *("--root", str(tmp_path / "root")),
             *("--widths", "[4,8]", "--hidden", "8", "--epochs", "1", "--batch_size", "16"),
             *("--runs_dir", str(tmp_path / "runs"), "--progress", "false", "--threads", "1"),
             *("--ema", "0.99"),
@@ -527,8 +624,8 @@ def test_bench_gives_parameters_and_flops_of_an_image_model() -> None:
 def test_bench_of_a_recipe_on_uint8_images(tmp_path: Path) -> None:
     from mlenv.bench.benchmark import benchmark_target, flops_per_sample
 
-    folder = cifar_folder(tmp_path / "src")
-    flags = ["--source", str(folder), "--root", str(tmp_path / "root")]
+    cifar_folder(tmp_path / "root" / "CIFAR10")
+    flags = ["--root", str(tmp_path / "root")]
     flags += ["--widths", "[4,8]", "--hidden", "8"]
     rows = benchmark_target("cifar10-cnn", flags, [2], None, threads=1, device_name="cpu")
     model = create_model("simple-cnn", in_channels=3, image_size=32, widths=[4, 8], hidden=8)

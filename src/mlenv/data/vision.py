@@ -9,14 +9,17 @@ Fashion-MNIST (the same IDX format) and CIFAR-10 are read by the small readers b
 official files: the four IDX gz files, and CIFAR-10's *binary* version (cifar-10-binary.tar.gz:
 records of one label byte and 3,072 pixel bytes, red, green, blue planes of 32x32, row-major).
 Its python version is a pickle, which can run code when read; mlenv never unpickles a data file.
-Offline, ``source=`` names the files' folder (or CIFAR-10's tar.gz); online, torchvision's
-download helpers fetch them and check their MD5. These two data sets stay uint8 (N, C, H, W)
-tensors: the classification task converts, augments and normalises each batch on the device.
+Offline, ``source=`` names the gz files' folder (Fashion-MNIST) or the tar.gz (CIFAR-10), checked
+against the official MD5s whenever it is given, cache or not; the cache remembers the MD5s of the
+files it was built from and is rebuilt for a source with others. Online, torchvision's download
+helpers fetch the files and check their MD5. These two data sets stay uint8 (N, C, H, W) tensors:
+the classification task converts, augments and normalises each batch on the device.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import shutil
@@ -203,8 +206,16 @@ def mnist(
 # Fashion-MNIST and CIFAR-10: official files, own readers, uint8 tensors.
 
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# the official MD5s of the four gz files (Zalando's; torchvision checks its downloads with them).
+# MNIST's files have the same names, so the names alone cannot tell the two apart.
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-CIFAR10_MD5 = "c32a1d4ab5d03f1923b49d6b8d3c6e3b"
+CIFAR10_MD5 = "c32a1d4ab5d03f1923b49d6b8d3c6e3b"  # of the archive: the only one published
 CIFAR10_FOLDER = "cifar-10-batches-bin"
 CIFAR10_FILES = {
     "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
@@ -250,19 +261,33 @@ def read_idx(path: str | Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
 
 
-def _cached(cache: Path, build: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` from ``cache``, else from ``build()``, then cached (atomically)."""
+def file_md5(path: Path) -> str:
+    """The MD5 of a file, read in 1 MiB pieces (CIFAR-10's archive is 162 MB)."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _cached(
+    cache: Path, build: object, key: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` from ``cache``, else from ``build()``, then cached (atomically).
+    ``key`` (the MD5s of the source files, given with a source) must equal the one the cache
+    was built with: a cache from other files (or from before keys) is rebuilt, never returned."""
     from mlenv.train.checkpoint import atomic_write_bytes
 
     if cache.is_file():
         try:
             stored = torch.load(cache, weights_only=True)
-            return stored["images"], stored["labels"]
+            if key is None or stored.get("source_md5") == key:
+                return stored["images"], stored["labels"]
         except Exception as exc:  # a damaged cache is rebuilt from the official files
             print(f"warning: {cache} is unreadable ({exc}); reading the data set again")
     images, labels = build()  # type: ignore[operator]
     buffer = io.BytesIO()
-    torch.save({"images": images, "labels": labels}, buffer)
+    torch.save({"images": images, "labels": labels, "source_md5": key or ""}, buffer)
     atomic_write_bytes(cache, buffer.getvalue())
     return images, labels
 
@@ -285,13 +310,13 @@ def load_fashion_mnist_uint8(
     base = data_root(root) / "FashionMNIST"
     prefix = "train" if split == "train" else "t10k"
     names = (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
+    # the files named are the ones read: checked even when a cache exists
+    key = check_fashion_mnist_source(source, names) if source else None
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         folder = Path(source) if source else base / "raw"
-        if source and not folder.is_dir():
-            raise DataError(f"Fashion-MNIST source {folder}: no such folder")
         if not all((folder / n).is_file() for n in names):
-            if source or not download:
+            if not download:
                 raise DataError(
                     f"Fashion-MNIST: {folder} lacks {' or '.join(names)}; put the official gz "
                     "files there or pass their folder with --source DIR"
@@ -316,7 +341,28 @@ def load_fashion_mnist_uint8(
             raise DataError(f"{folder / names[1]}: label {int(labels.max())} is not in 0..9")
         return images, labels.long()
 
-    return _cached(base / f"mlenv-{split}.pt", build)
+    return _cached(base / f"mlenv-{split}.pt", build, key)
+
+
+def check_fashion_mnist_source(source: str | Path, names: tuple[str, ...]) -> str:
+    """The gz files ``names`` in ``source`` must be the official ones (their MD5s): MNIST's
+    files, which have the same names, are refused in one line. Returns their MD5s (the cache
+    key)."""
+    src = Path(source)
+    if not src.is_dir():
+        raise DataError(f"Fashion-MNIST source {src}: no such folder")
+    digests = []
+    for name in names:
+        if not (src / name).is_file():
+            raise DataError(f"Fashion-MNIST source {src}: {name} is missing")
+        digest = file_md5(src / name)
+        if digest != FASHION_MNIST_MD5[name]:
+            raise DataError(
+                f"Fashion-MNIST source {src}: {name} is not the official Fashion-MNIST file "
+                "(MD5 differs; MNIST's files have the same names)"
+            )
+        digests.append(digest)
+    return " ".join(digests)
 
 
 def read_cifar10_binary(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,30 +390,44 @@ def read_cifar10_binary(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return records[:, 1:].reshape(-1, 3, 32, 32).clone(), labels
 
 
-def _cifar10_folder(base: Path, source: str | Path | None, download: bool) -> Path:
-    """The folder holding the .bin batch files: ``source`` (that folder, one above it, or the
-    tar.gz), else ``ROOT/cifar-10-batches-bin`` (downloaded and MD5-checked when missing)."""
-    wanted = (*CIFAR10_FILES["train"], *CIFAR10_FILES["test"])
-    if source:
-        src = Path(source)
-        if src.is_file() and src.name.endswith((".tar.gz", ".tgz")):
-            base.mkdir(parents=True, exist_ok=True)
-            try:  # the "data" filter refuses links and paths that leave ``base``
-                with tarfile.open(src) as tar:
-                    tar.extractall(base, filter="data")
-            except (tarfile.TarError, OSError) as exc:
-                raise DataError(f"CIFAR-10 source {src}: cannot extract it ({exc})") from None
-            src = base
-        if not src.exists():
-            raise DataError(f"CIFAR-10 source {src}: no such file or folder")
-        for folder in (src, src / CIFAR10_FOLDER):
-            if all((folder / n).is_file() for n in wanted):
-                return folder
+def check_cifar10_source(source: str | Path) -> str:
+    """``source`` must be the official cifar-10-binary.tar.gz (its published MD5, returned as
+    the cache key). A folder is refused: the MD5s of the extracted files are not published."""
+    src = Path(source)
+    if not src.exists():
+        raise DataError(f"CIFAR-10 source {src}: no such file or folder")
+    if src.is_dir():
         raise DataError(
-            f"CIFAR-10 source {src}: holds no {', '.join(wanted)} (the binary version, "
-            "cifar-10-binary.tar.gz)"
+            f"CIFAR-10 source {src}: a folder cannot be checked (an MD5 is published for the "
+            "archive only); pass cifar-10-binary.tar.gz"
         )
+    digest = file_md5(src)
+    if digest != CIFAR10_MD5:
+        raise DataError(
+            f"CIFAR-10 source {src}: not the official cifar-10-binary.tar.gz (MD5 differs)"
+        )
+    return digest
+
+
+def _cifar10_folder(base: Path, source: str | Path | None, download: bool) -> Path:
+    """The folder holding the .bin batch files: extracted from ``source`` (the archive, checked
+    by ``check_cifar10_source``), else ``ROOT/cifar-10-batches-bin`` (downloaded and MD5-checked
+    when missing)."""
+    wanted = (*CIFAR10_FILES["train"], *CIFAR10_FILES["test"])
     folder = base / CIFAR10_FOLDER
+    if source:
+        base.mkdir(parents=True, exist_ok=True)
+        try:  # the "data" filter refuses links and paths that leave ``base``
+            with tarfile.open(source) as tar:
+                tar.extractall(base, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise DataError(f"CIFAR-10 source {source}: cannot extract it ({exc})") from None
+        if not all((folder / n).is_file() for n in wanted):
+            raise DataError(
+                f"CIFAR-10 source {source}: holds no {CIFAR10_FOLDER}/ with {', '.join(wanted)}"
+                " (the binary version, cifar-10-binary.tar.gz)"
+            )
+        return folder
     if not all((folder / n).is_file() for n in wanted):
         if not download:
             raise DataError(f"CIFAR-10: {folder} lacks the batch files and download is off")
@@ -378,8 +438,8 @@ def _cifar10_folder(base: Path, source: str | Path | None, download: bool) -> Pa
         except (RuntimeError, OSError) as exc:
             why = " ".join(str(exc).split())
             raise DataError(
-                f"CIFAR-10 under {base}: {why}. Offline, pass cifar-10-binary.tar.gz or its "
-                "extracted folder with --source PATH"
+                f"CIFAR-10 under {base}: {why}. Offline, pass cifar-10-binary.tar.gz with "
+                "--source PATH"
             ) from None
     return folder
 
@@ -393,13 +453,15 @@ def load_cifar10_uint8(
     """CIFAR-10's ``split`` as (images (N, 3, 32, 32) uint8, labels (N,) int64)."""
     _check_split(split)
     base = data_root(root) / "CIFAR10"
+    # the archive named is the one read: checked even when a cache exists
+    key = check_cifar10_source(source) if source else None
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         folder = _cifar10_folder(base, source, download)
         parts = [read_cifar10_binary(folder / n) for n in CIFAR10_FILES[split]]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    return _cached(base / f"mlenv-{split}.pt", build)
+    return _cached(base / f"mlenv-{split}.pt", build, key)
 
 
 def image_bundle(
