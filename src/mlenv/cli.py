@@ -824,7 +824,14 @@ def cmd_runs(argv: list[str]) -> int:
     actions = parser.add_subparsers(dest="what", required=True, metavar="{list,show,delete}")
     listing = actions.add_parser("list", help="one line per run", description="one line per run")
     listing.add_argument("--experiment", metavar="NAME", help="only this experiment's runs")
-    listing.add_argument("--sort", metavar="METRIC", help="highest first (default: start time)")
+    listing.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help="best first: lowest loss, highest acc (default: start time)",
+    )
+    listing.add_argument(
+        "--mode", choices=("min", "max"), help="with --sort: lower or higher is better (inferred)"
+    )
     show = actions.add_parser(
         "show", help="a run's record, metrics and summary", description="a run's record"
     )
@@ -845,17 +852,20 @@ def cmd_runs(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     store = _store(args.store)
     if args.what == "list":
-        return _runs_list(store, args.experiment, args.sort)
+        return _runs_list(store, args.experiment, args.sort, args.mode)
     run = store.find_run(args.run_id)
     if args.what == "show":
         return _runs_show(store, run)
     return _runs_delete(store, run, args.yes, args.force)
 
 
-def _runs_list(store: Any, experiment: str | None, sort: str | None) -> int:
+def _runs_list(store: Any, experiment: str | None, sort: str | None, mode: str | None) -> int:
+    from mlenv.config import resolve_mode
+    from mlenv.track.store import best_first
+
     runs = store.runs(experiment)
-    if sort:
-        runs.sort(key=lambda r: r["summary"].get(sort, float("-inf")), reverse=True)
+    if sort:  # the direction as --monitor infers it: a loss is best lowest
+        runs = best_first(runs, sort, resolve_mode(sort, mode))
     metric = sort or "test_acc"
     print(f"{'id':24s} {'experiment':20s} {'member':16s} {'status':9s} {metric:>10s}  start")
     for r in runs:

@@ -9,6 +9,7 @@ process died without a word (SIGKILL, power loss) is shown as ``killed``, not ``
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -135,6 +136,27 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def best_first(runs: list[dict], metric: str, mode: str) -> list[dict]:
+    """``runs`` ordered by their summary's ``metric``, the best first: the lowest for ``mode``
+    ``min`` (a loss), the highest for ``max`` (an accuracy); runs without the metric (or with
+    NaN, a diverged run) come last.
+
+    >>> [r["id"] for r in best_first([{"id": "a", "summary": {"loss": 2.0}},
+    ...     {"id": "b", "summary": {"loss": 1.0}}], "loss", "min")]
+    ['b', 'a']
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode: accepts 'min' or 'max', got {mode!r}")
+    sign = 1.0 if mode == "min" else -1.0
+
+    def key(run: dict) -> tuple[bool, float]:
+        value = run["summary"].get(metric)
+        missing = value is None or math.isnan(value)
+        return missing, 0.0 if missing else sign * value
+
+    return sorted(runs, key=key)
 
 
 class Store:
