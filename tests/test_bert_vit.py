@@ -134,6 +134,29 @@ def test_masked_lm_evaluation_masks_depend_on_the_batch_alone(shakespeare):
     assert 0.05 < chosen < 0.3  # still BERT's masking (15% of 256 tokens)
 
 
+def test_masked_lm_epoch_means_are_over_all_masked_tokens(shakespeare):
+    """val_loss and val_acc of a pass in batches of 3, 3 and 1 windows are the means over every
+    masked token of the split (a batch counts as many as it has, not as many rows)."""
+    from mlenv.train.tasks_mlm import evaluation_masks
+    from mlenv.train.trainer import Trainer
+
+    vocab, ids = shakespeare
+    model = create_model("bert", seed=0, vocab_size=len(vocab), block_size=32, n_layer=1, n_embd=16)
+    tokens = windows_of(ids, 7, 32)
+    trainer = Trainer(model=model, task=MaskedLMTask(), batch_size=3, threads=1, progress=False)
+    got = trainer.evaluate((tokens,))
+    # evaluation masks are drawn row by row: the whole split's at once are the batches' masks
+    inputs, targets = evaluation_masks(tokens, len(vocab), model.mask_id, 0.15)
+    chosen = targets != IGNORE
+    with torch.no_grad():
+        logits = model.eval()(inputs)[chosen]  # (masked tokens, V)
+    by_row = chosen.sum(dim=1)
+    assert by_row[:6].sum() / 6 != by_row[6]  # the last batch's tokens are not its rows' share
+    assert got["test_loss"] == pytest.approx(F.cross_entropy(logits, tokens[chosen]).item(), 1e-5)
+    right = (logits.argmax(-1) == tokens[chosen]).float().mean().item()
+    assert got["test_acc"] == pytest.approx(right, rel=1e-6)
+
+
 def test_masked_lm_refuses_a_model_without_a_mask_token_and_a_bad_rate():
     with pytest.raises(ConfigError, match="no \\[MASK\\] token"):
         TASKS.create("masked-lm").get_criterion(create_model("rnn-lm", vocab_size=5))

@@ -397,3 +397,128 @@ def test_batchnorm_on_the_cpu_under_devices_is_warned_once(tmp_path, shared_data
     captured = capfd.readouterr()  # the processes write to the file descriptors
     text = captured.out + captured.err
     assert text.count("warning: BatchNorm on the CPU under --devices 2") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks whose loss is not a mean over rows (masked-lm: a mean over the masked tokens) are exact
+# under --devices too: the shares are weighted by their tokens, evaluation masks are per row.
+
+
+def _tiny_bert():
+    from mlenv.models import create_model
+
+    return create_model("bert", seed=0, vocab_size=11, block_size=16, n_layer=1, n_embd=16)
+
+
+def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_masked_lm_shares_weighted_by_their_tokens_give_the_whole_batchs_loss_and_gradient():
+    """Two shares of a batch of 7 (4 + 3 rows), each masked alone and combined with
+    ``share_weight`` as DDP combines them (gradient mean over 2 processes), give the loss,
+    gradient and accuracy of the whole batch in one process."""
+    from mlenv.train.parallel import share_weight
+    from mlenv.train.tasks_mlm import IGNORE, MaskedLMTask
+
+    model = _tiny_bert().eval()  # evaluation masks: the same for a row in any share
+    task = MaskedLMTask(mask_rate=0.3)
+    criterion = task.get_criterion(model)
+    tokens = torch.randint(11, (7, 16), generator=torch.Generator().manual_seed(0))
+    loss, whole = task.forward_pass(model, (tokens,), criterion)
+    loss.backward()
+    expected_grads = _grads(model)
+    acc = task.batch_metrics(whole, (tokens,))["acc"].item()
+
+    shares = []
+    for r in range(2):
+        model.zero_grad()
+        share, rows = shard_of((tokens,), r, 2)
+        share_loss, predictions = task.forward_pass(model, share, criterion)
+        share_loss.backward()
+        weight = int(task.batch_weight(predictions, share))
+        share_acc = task.batch_metrics(predictions, share)["acc"].item()
+        shares.append((rows, weight, share_loss.item(), share_acc, _grads(model), predictions))
+    assert [rows for rows, *_ in shares] == [4, 3]
+    # each row is masked as in the whole batch, and the weights are the masked tokens
+    assert torch.equal(torch.cat([s[-1].targets for s in shares]), whole.targets)
+    total = sum(s[1] for s in shares)
+    assert total == int((whole.targets != IGNORE).sum()) > 0
+    assert shares[0][1] != shares[1][1] * 4 / 3  # tokens are not in proportion to rows here
+    combined = sum(w * share_loss for _, w, share_loss, *_ in shares) / total
+    assert combined == pytest.approx(loss.item(), rel=1e-6)
+    assert sum(w * a for _, w, _, a, *_ in shares) / total == pytest.approx(acc, rel=1e-6)
+    for i, expected in enumerate(expected_grads):
+        got = sum(share_weight(s[1], total, 2) * s[4][i] for s in shares) / 2  # DDP's mean
+        assert (got - expected).abs().max().item() < 1e-6
+
+
+def test_share_weight_is_the_units_share_times_the_processes():
+    from mlenv.train.parallel import share_weight
+
+    assert share_weight(3, 8, 2) == 0.75
+    assert share_weight(5, 8, 2) == 1.25
+    assert share_weight(2, 6, 3) == 1.0
+    assert share_weight(0, 0, 2) == 0.0  # a global batch without units: loss 0, no gradient
+
+
+def _train_masked_lm() -> dict:
+    """A tiny BERT trained one epoch with SGD on 10 windows (global batches of 7 and 3), the
+    same masks at training as at evaluation so that only the combination can differ."""
+    from mlenv.train.tasks_mlm import MaskedLMTask
+    from mlenv.train.trainer import Trainer
+
+    class FixedMasks(MaskedLMTask):
+        def masks(self, tokens, training):
+            return super().masks(tokens, training=False)
+
+    g = torch.Generator().manual_seed(1)
+    train, val = torch.randint(11, (10, 16), generator=g), torch.randint(11, (5, 16), generator=g)
+    trainer = Trainer(
+        model=_tiny_bert(),
+        task=FixedMasks(mask_rate=0.3),
+        epochs=1,
+        batch_size=7,
+        lr=0.5,
+        optimizer="sgd",
+        momentum=0.0,
+        threads=1,
+        progress=False,
+    )
+    trainer.fit((train,), (val,))
+    weights = {k: v.detach().clone() for k, v in trainer.raw_model.state_dict().items()}
+    return {"history": trainer.history, "weights": weights}
+
+
+def _masked_lm_process(rank: int, store_path: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        result = _train_masked_lm()
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_masked_lm_in_two_processes_trains_and_scores_as_one(tmp_path):
+    """Real gloo, two processes: the same weights after two SGD steps (to 1e-6) and the same
+    train and validation loss and accuracy as one process."""
+    import torch.multiprocessing as mp
+
+    one = _train_masked_lm()
+    out = tmp_path / "two.pt"
+    mp.spawn(_masked_lm_process, args=(str(tmp_path / "store"), str(out)), nprocs=2)
+    two = torch.load(out, weights_only=True)
+    moved = max(
+        (one["weights"][k] - _tiny_bert().state_dict()[k]).abs().max() for k in two["weights"]
+    )
+    assert moved > 1e-3  # the steps changed the weights
+    diff = max((one["weights"][k] - two["weights"][k]).abs().max() for k in one["weights"])
+    assert diff < 1e-6, diff
+    (a,), (b,) = one["history"], two["history"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key

@@ -3,12 +3,13 @@ process takes with the same batch size and the same data order.
 
 The global order is the single process's (``epoch_permutation(seed, epoch)``, set each epoch with
 ``set_epoch``, as ``DistributedSampler.set_epoch`` does). Each global batch is split into N
-contiguous shards and process r trains shard r (``ShardedBatches``). Before backward the loss of
-shard r is weighted by ``n_r * N / n``, so once DDP has averaged the gradients they are the
-gradient of the global batch's mean loss, also when the last batch does not split evenly. A process
-whose shard is empty (a batch of fewer than N rows) runs one row with weight 0, so every process
-takes part in every gradient all-reduce. Losses are assumed to be means over the samples of a batch
-(every mlenv task's are).
+contiguous shards and process r trains shard r (``ShardedBatches``). A shard's loss is a mean over
+its ``w_r`` units: its rows, or what the task's ``batch_weight`` counts (masked-lm: its masked
+tokens). Before backward the loss of shard r is weighted by ``w_r * N / W`` (``share_weight``; W
+the global batch's units), so once DDP has averaged the gradients they are the gradient of the
+global batch's mean loss over all its units, also when the last batch does not split evenly. A
+process whose shard is empty (a batch of fewer than N rows) runs one row with weight 0, so every
+process takes part in every gradient all-reduce.
 
 Everything the loop decides on (the loss of a step, metrics, a stop request) is reduced over the
 processes first, so every process makes the same decision at the same step.
@@ -42,6 +43,17 @@ def shard_sizes(n: int, size: int) -> list[int]:
     """
     base, extra = divmod(n, size)
     return [base + (r < extra) for r in range(size)]
+
+
+def share_weight(weight: float, total: float, size: int) -> float:
+    """The factor of one process's loss before backward, ``w_r * N / W``: DDP's mean of the
+    gradients over the N processes is then ``sum_r w_r * grad_r / W``, the gradient of the mean
+    over all W units of the global batch; 0 when it has none (its loss is 0 then).
+
+    >>> share_weight(3, 8, 2)  # 3 of the global batch's 8 units, 2 processes
+    0.75
+    """
+    return weight * size / total if total > 0 else 0.0
 
 
 def _rows(batch: Any) -> int:

@@ -96,8 +96,17 @@ class Task:
         return x
 
     def batch_metrics(self, predictions: Any, batch: Any) -> dict[str, torch.Tensor]:
-        """Per-batch metrics (means over the batch), averaged over the epoch."""
+        """Per-batch metrics (means over the batch's ``batch_weight`` units), averaged over the
+        epoch."""
         return {}
+
+    def batch_weight(self, predictions: Any, batch: Any) -> torch.Tensor | None:
+        """How many units the batch's loss and ``batch_metrics`` are means over: ``None`` for
+        its rows (every task whose loss is a mean over samples), else a count (masked-lm: the
+        masked tokens). The Trainer weights each batch by it in an epoch's means, and each
+        process's share of a global batch by it under ``--devices N``, so that both are means
+        over all the units, as one process over one whole batch has them."""
+        return None
 
     def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Metrics over a whole pass (AUC, F1, ...), with ``collect_predictions = True``."""

@@ -73,13 +73,25 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
 def evaluation_masks(
     tokens: torch.Tensor, vocab_size: int, mask_id: int, mask_rate: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mask_tokens`` with a generator seeded by the batch's content: the same validation
-    blocks get the same masks at every evaluation, so ``val_loss`` moves only when the model
-    does, and evaluating never draws from the training's random stream."""
+    """``mask_tokens`` row by row, each row (T,) with a generator seeded by that row's own
+    content: the same validation blocks get the same masks at every evaluation, so ``val_loss``
+    moves only when the model does; evaluating never draws from the training's random stream;
+    and a row's masks do not depend on the batch it is in, so the shares of ``--devices N``
+    are masked as the whole batch is in one process."""
     ids = tokens.detach().cpu()
-    generator = torch.Generator().manual_seed(zlib.crc32(ids.numpy().tobytes()))
-    inputs, targets = mask_tokens(ids, vocab_size, mask_id, mask_rate, generator)
+    masked = [
+        mask_tokens(row, vocab_size, mask_id, mask_rate, torch.Generator().manual_seed(seed))
+        for row, seed in zip(ids, row_seeds(ids), strict=True)
+    ]
+    inputs = torch.stack([row_inputs for row_inputs, _ in masked])
+    targets = torch.stack([row_targets for _, row_targets in masked])
     return inputs.to(tokens.device), targets.to(tokens.device)
+
+
+def row_seeds(ids: torch.Tensor) -> list[int]:
+    """A seed per row of (B, T) token ids: the CRC-32 of its ids as int64 (whatever their
+    dtype)."""
+    return [zlib.crc32(row.numpy().tobytes()) for row in ids.to(torch.int64)]
 
 
 class MaskedPredictions(NamedTuple):
@@ -91,8 +103,10 @@ class MaskedPredictions(NamedTuple):
 class MaskedLMTask(Task):
     """BERT's masked-LM objective: 15% of the tokens chosen, 80/10/10 -> [MASK] / random /
     unchanged, cross-entropy at the chosen positions; ``acc`` is the share of chosen tokens
-    predicted right. ``mask_rate`` is the share chosen. Training batches are masked afresh from
-    the global RNG (saved in checkpoints); evaluation batches by ``evaluation_masks``.
+    predicted right; over an epoch (and a global batch under ``--devices N``) both are means over
+    all the chosen tokens (``batch_weight``). ``mask_rate`` is the share chosen. Training batches
+    are masked afresh from the global RNG (saved in checkpoints); evaluation batches by
+    ``evaluation_masks``.
 
     >>> task = MaskedLMTask(mask_rate=0.15)
     """
@@ -124,15 +138,26 @@ class MaskedLMTask(Task):
         if self.mask_id is None or self.vocab_size is None:
             raise ConfigError("masked-lm: get_criterion(model) must be called before training")
         tokens = split_batch(batch)[0]  # (B, T); next-token targets, if any, are not used
-        mask = mask_tokens if model.training else evaluation_masks
-        inputs, targets = mask(tokens, self.vocab_size, self.mask_id, self.mask_rate)
+        inputs, targets = self.masks(tokens, model.training)
         logits = model(inputs)  # (B, T, V)
         return criterion(logits, targets), MaskedPredictions(logits, targets)
+
+    def masks(self, tokens: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)`` of a batch (B, T): fresh random masks in training (the global
+        RNG), ``evaluation_masks`` otherwise."""
+        mask = mask_tokens if training else evaluation_masks
+        return mask(tokens, self.vocab_size, self.mask_id, self.mask_rate)
 
     def batch_metrics(self, predictions: Any, batch: Any) -> dict[str, torch.Tensor]:
         chosen = predictions.targets != IGNORE  # (B, T)
         right = (predictions.logits.argmax(dim=-1) == predictions.targets) & chosen
         return {"acc": right.sum() / chosen.sum().clamp(min=1)}
+
+    def batch_weight(self, predictions: Any, batch: Any) -> torch.Tensor:
+        """The loss and ``acc`` are means over the masked tokens: a batch (or a process's share)
+        counts as many as it has, so an epoch's and a global batch's means are over all of
+        them."""
+        return (predictions.targets != IGNORE).sum()
 
     def metric_modes(self) -> dict[str, str]:
         return {"acc": "max"}

@@ -45,7 +45,7 @@ from mlenv.train.checkpoint import (
     strip_compile_prefix,
 )
 from mlenv.train.ema import WeightsEMA
-from mlenv.train.parallel import ShardedBatches, full_tensor, like_parameter
+from mlenv.train.parallel import ShardedBatches, full_tensor, like_parameter, share_weight
 from mlenv.train.schedules import LRSchedule
 from mlenv.train.state import EpochSums, TrainState
 from mlenv.train.tasks import Task, split_batch
@@ -236,6 +236,12 @@ class Trainer:
     def batch_metrics(self, predictions: Any, batch: Any) -> dict[str, torch.Tensor]:
         """Extra per-batch metrics (means over the batch), averaged over the epoch."""
         return self.task.batch_metrics(predictions, batch)
+
+    def batch_weight(self, predictions: Any, batch: Any) -> int:
+        """How many units the batch's loss and metrics are means over: its rows, or the task's
+        count (``Task.batch_weight``: masked-lm's masked tokens)."""
+        weight = self.task.batch_weight(predictions, batch)
+        return self.batch_size_of(batch) if weight is None else int(weight)
 
     def epoch_metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Metrics over a whole validation pass (with ``collect_predictions``)."""
@@ -488,16 +494,19 @@ class Trainer:
         terms: dict[str, torch.Tensor],
         metrics: dict[str, Any],
         rows: int,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-        """Under torchrun: the global batch's loss, terms and metrics (row-weighted means of
-        every process's share), its size, and whether any process was asked to stop, in one
-        all-reduce; sets the weight of this process's loss in the backward."""
+        weight: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], int, int]:
+        """Under torchrun: the global batch's loss, terms and metrics (means of every process's
+        share weighted by its ``weight``: rows, or the task's units), its rows and units, and
+        whether any process was asked to stop, in one all-reduce; sets the weight of this
+        process's loss in the backward."""
         names = [*terms, *metrics]
         local = [total.detach(), *(t.detach() for t in terms.values())]
         local += [torch.as_tensor(m, device=self.device).detach() for m in metrics.values()]
-        vector = torch.zeros(len(local) + 2, dtype=torch.float64, device=self.device)
-        if rows:  # a stand-in row (rows == 0) adds nothing
-            vector[: len(local)] = torch.stack([v.reshape(()).double() for v in local]) * rows
+        weight = weight if rows else 0  # a stand-in row (rows == 0) adds nothing
+        vector = torch.zeros(len(local) + 3, dtype=torch.float64, device=self.device)
+        vector[: len(local)] = torch.stack([v.reshape(()).double() for v in local]) * weight
+        vector[-3] = weight
         vector[-2] = rows
         vector[-1] = 1.0 if self._stop.signal_name else 0.0
         distributed.all_reduce_sum(vector)
@@ -505,10 +514,12 @@ class Trainer:
         self._agreed_stop = bool(vector[-1].item() > 0)
         if self._agreed_stop and self._stop.signal_name is None:
             self._stop.signal_name = "a signal to another process"
-        self._shard_weight = rows * self.world.size / n
-        means = vector[: len(local)] / n
+        total_weight = int(vector[-3].item())
+        self._shard_weight = share_weight(weight, total_weight, self.world.size)
+        means = vector[: len(local)] / max(total_weight, 1)
         reduced = dict(zip(names, means[1:], strict=True))
-        return means[0], {k: reduced[k] for k in terms}, {k: reduced[k] for k in metrics}, n
+        terms, metrics = {k: reduced[k] for k in terms}, {k: reduced[k] for k in metrics}
+        return means[0], terms, metrics, n, total_weight
 
     def _nonfinite(self, values: dict[str, float], terms: dict[str, torch.Tensor]) -> None:
         from mlenv.train.nonfinite import first_nonfinite_layer
@@ -568,9 +579,12 @@ class Trainer:
             with torch.no_grad():
                 metrics = self.batch_metrics(predictions, batch)
             size = self.batch_size_of(batch)
-            if sharded:  # the global batch's loss, metrics and size, on every process
+            weight = self.batch_weight(predictions, batch)
+            if sharded:  # the global batch's loss, metrics, size and units, on every process
                 self.rows_trained += batches.rows
-                reduced, terms, metrics, size = self.sync_batch(total, terms, metrics, batches.rows)
+                reduced, terms, metrics, size, weight = self.sync_batch(
+                    total, terms, metrics, batches.rows, weight
+                )
                 values = self.loss_values(reduced, terms)
             else:
                 self.rows_trained += size
@@ -578,7 +592,7 @@ class Trainer:
             group_start = s.batch_in_epoch - s.batch_in_epoch % accumulate
             self._accumulated = min(accumulate, n_batches - group_start)
             self.backward(total)
-            self.record(values, metrics, size, s.sums)
+            self.record(values, metrics, weight, s.sums)
             s.group_loss += values["loss"]
             s.group_batches += 1
             s.batch_in_epoch += 1
@@ -607,7 +621,8 @@ class Trainer:
                     collected.append(None)
                 continue
             metrics = self.batch_metrics(predictions, batch)
-            self.record(self.loss_values(total, terms), metrics, self.batch_size_of(batch), sums)
+            weight = self.batch_weight(predictions, batch)
+            self.record(self.loss_values(total, terms), metrics, weight, sums)
             if self.collect_predictions:
                 collected.append((predictions.float().cpu(), split_batch(batch)[1].cpu()))
         if sharded:  # every process's sums and predictions, as one process has them
