@@ -51,7 +51,10 @@ def test_step09_trains_samples_and_writes_its_plots(tmp_path, mnist_root, capsys
     assert stored["precision"] == "bf16"  # the recipe's default (measured fastest on the CPU)
     loaded = load_run(stored["run_dir"])
     assert stored["parameters"] == sum(p.numel() for p in loaded.model.parameters())
-    assert loaded.config.model == "unet" and loaded.config.data["scale"] == "signed"
+    # the book's form: [0, 1] images, the network told t = 1 .. T, no clamp between steps
+    assert loaded.config.recipe == "mnist-ddpm-book" and loaded.config.model == "unet"
+    assert loaded.config.data["scale"] == "unit" and loaded.task.data_scale == "unit"
+    assert loaded.task.scheduler.first_step == 1 and not loaded.task.scheduler.clip_sample
     for name in ("samples", "trajectory", "losses"):
         assert png_size(stored["plots"][name])[0] > 100
     width, height = png_size(out / "samples.png")
@@ -125,7 +128,8 @@ def test_step10_drops_labels_guides_and_judges(
     (guided, asked), (plain, asked_plain) = judged
     assert torch.equal(asked, torch.arange(10).repeat_interleave(10))
     assert torch.equal(asked_plain, asked)
-    assert guided.shape == (100, 1, 28, 28) and guided.abs().max() <= 1.0
+    assert guided.shape == (100, 1, 28, 28) and guided.min() >= 0.0 and guided.max() <= 1.0
+    assert loaded.config.recipe == "mnist-cfg-book" and loaded.task.scheduler.first_step == 1
     assert (guided - plain).abs().mean() > 1e-3
     printed = capsys.readouterr().out
     assert "judged as the digit asked for, guidance 2.5:" in printed

@@ -345,3 +345,120 @@ def test_training_steps_cover_the_whole_chain():
     t = torch.cat(model.seen)
     assert int(t.min()) == 0 and int(t.max()) == T - 1
     assert abs(float(t.float().mean()) - (T - 1) / 2) < 5  # sd of the mean: 289 / sqrt(20000)
+
+
+class BookOracle(Oracle):
+    """The oracle as the book's code numbers the steps: told t = 1 .. T, it reads alpha_bars[t - 1]."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, t - 1)
+
+
+def test_book_numbering_tells_the_network_t_plus_one_in_training_and_sampling(digits):
+    """first_step 1 (the book's t = 1 .. T): the training loss of an oracle that reads
+    alpha_bars[t - 1] is 0, so the network was told index + 1 for an image noised at the index;
+    the oracle told 0-based steps is wrong by the schedule's shift. Sampling tells it the same
+    numbers (1000 .. 1 for DDPM), and DDPM from the oracle lands on x_0."""
+    x0, y = digits
+    book = DiffusionTask(first_step=1)
+    criterion = book.get_criterion()
+    torch.manual_seed(0)
+    loss, _ = book.forward_pass(BookOracle(x0), (x0, y), criterion)
+    assert float(loss) < 1e-8
+    torch.manual_seed(0)
+    shifted, _ = book.forward_pass(Oracle(x0), (x0, y), criterion)  # t read as 0-based
+    assert float(shifted) > 1e-5  # 7.3e-5 measured: 1,000x the right numbering's bound
+    oracle = BookOracle(x0)
+    scheduler = DDPMScheduler(first_step=1)
+    images = sample(oracle, scheduler, tuple(x0.shape), generator=torch.Generator().manual_seed(0))
+    told = [t for t, _ in oracle.seen]  # what BookOracle passed on: told - 1
+    assert told == list(range(999, -1, -1))
+    assert torch.allclose(images, x0, atol=1e-4)
+    with pytest.raises(ConfigError, match=r"--first_step: accepts 0 or 1, got 2"):
+        DiffusionTask(first_step=2)
+
+
+def test_unit_data_range_clamps_and_pictures_in_zero_one():
+    """The book's [0, 1] images: clip_sample clamps to [0, 1], DDIM clamps x_0 there too, and
+    to_unit maps each range to pixels (-1 -> 0, 0 -> 0.5 for [-1, 1]; the identity for [0, 1])."""
+    eps = torch.full((1, 1, 2, 2), -500.0)  # far past either end of the range at t = 500
+    x_t = torch.full((1, 1, 2, 2), 0.5)
+    unit = DDPMScheduler(data_range=(0.0, 1.0))
+    assert float(unit.step(eps, 500, x_t).max()) == 1.0  # clamped at the top of [0, 1]
+    assert float(DDPMScheduler().step(-eps, 500, x_t).min()) == -1.0
+    assert float(unit.step(-eps, 500, x_t).min()) == 0.0
+    ddim = DDIMScheduler.from_scheduler(DDPMScheduler(clip_sample=False, data_range=(0.0, 1.0)))
+    assert ddim.clip_sample and ddim.data_range == (0.0, 1.0)
+    ddim.set_timesteps(5)
+    assert float(ddim.step(eps, 999, x_t).max()) <= 1.0
+    values = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    assert DDPMScheduler().to_unit(values).tolist() == [0.0, 0.5, 1.0, 1.0]
+    assert unit.to_unit(values).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert DiffusionTask(data_scale="unit").scheduler.data_range == (0.0, 1.0)
+    with pytest.raises(ConfigError, match=r"--scale: accepts unit or signed, got 'half'"):
+        DiffusionTask(data_scale="half")
+
+
+def test_the_task_reads_the_data_sets_scale_and_has_no_flag_of_its_own():
+    """build_task fills data_scale from the data's --scale (the book recipe: unit; --scale
+    signed: signed; a recipe that sets none: the data set's default); no --data_scale flag."""
+    from mlenv.config import load_recipe, resolve
+    from mlenv.train.run import build_task
+
+    recipe = load_recipe("mnist-ddpm-book")
+    task = build_task(resolve(recipe, []))
+    assert task.data_scale == "unit" and task.scheduler.data_range == (0.0, 1.0)
+    assert task.scheduler.first_step == 1 and not task.scheduler.clip_sample
+    assert build_task(resolve(recipe, ["--scale", "signed"])).data_scale == "signed"
+    assert build_task(resolve(load_recipe("mnist-ddpm"), [])).data_scale == "signed"
+    with pytest.raises(ConfigError, match="data_scale"):
+        resolve(recipe, ["--data_scale", "signed"])
+
+
+def test_evaluation_draws_are_fixed_per_image_and_leave_the_global_rng_alone(mnist_root):
+    """Out of training, each image's step, noise and label drop come from its own bytes: the
+    same loss twice whatever the global RNG says, the global RNG untouched, the same per-image
+    errors when the batch is split in two (as over two processes), and over 2,000 digits steps
+    uniform on 0 .. T-1 and standard normal noise."""
+    images, labels = load_mnist_uint8(mnist_root, "train")
+    x0 = images[:2000].float().unsqueeze(1) / 255.0
+    y = labels[:2000]
+    model = create_model("unet-conditional", seed=0, **TINY).eval()
+    task = DiffusionTask(p_uncond=0.1, data_scale="unit")
+    per_pixel = nn.MSELoss(reduction="none")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        state = torch.get_rng_state()
+        first = task.forward_pass(model, (x0[:8], y[:8]), per_pixel)[0]
+        assert torch.equal(torch.get_rng_state(), state)
+        torch.manual_seed(2)
+        assert torch.equal(task.forward_pass(model, (x0[:8], y[:8]), per_pixel)[0], first)
+        halves = [
+            task.forward_pass(model, (x0[i : i + 4], y[i : i + 4]), per_pixel)[0] for i in (0, 4)
+        ]
+    assert torch.allclose(torch.cat(halves), first, atol=1e-6)
+    from mlenv.train.tasks_diffusion import evaluation_draws
+
+    t, noise, dropped = evaluation_draws(x0, T, 0.1)
+    assert int(t.min()) >= 0 and int(t.max()) <= T - 1
+    assert abs(float(t.float().mean()) - (T - 1) / 2) < 4 * 289 / math.sqrt(2000)
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1.0) < 0.01
+    assert abs(float(dropped.float().mean()) - 0.1) < 4 * math.sqrt(0.09 / 2000)
+    again = evaluation_draws(x0[:3], T, 0.1)
+    assert torch.equal(again[0], t[:3]) and torch.equal(again[1], noise[:3])
+
+
+def test_training_draws_still_come_from_the_global_rng(digits):
+    """In training mode the draws are the run's random stream (seeded, resumable): two calls
+    differ, and the same seed repeats them."""
+    x0, y = digits
+    task = DiffusionTask()
+    criterion = task.get_criterion()
+    model = create_model("unet", seed=0, **TINY).train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = task.forward_pass(model, (x0, y), criterion)[0]
+        b = task.forward_pass(model, (x0, y), criterion)[0]
+        torch.manual_seed(0)
+        c = task.forward_pass(model, (x0, y), criterion)[0]
+    assert not torch.equal(a, b) and torch.equal(a, c)

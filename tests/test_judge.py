@@ -34,9 +34,9 @@ def options(tmp_path_factory, mnist_root):
 
 @pytest.fixture(scope="module")
 def test_digits(mnist_root):
-    """The last 2,000 MNIST test digits in [-1, 1] (what the samplers produce), their labels."""
+    """The last 2,000 MNIST test digits in [0, 1] (pixels, what the book steps draw), labels."""
     images, labels = load_mnist_uint8(mnist_root, "test")
-    x = images[-2000:].float().unsqueeze(1) / 127.5 - 1.0  # (2000, 1, 28, 28)
+    x = images[-2000:].float().unsqueeze(1) / 255.0  # (2000, 1, 28, 28)
     return x, labels[-2000:]
 
 
@@ -67,11 +67,11 @@ def test_wrong_labels_and_noise_get_low_accuracy(brief_judge, options, test_digi
     shifted = judge_samples(images, (labels + 1) % 10, options, min_accuracy=LOW, path=path)
     assert shifted["overall"] < 0.1
     g = torch.Generator().manual_seed(0)
-    noise = torch.rand(500, 1, 28, 28, generator=g) * 2 - 1
+    noise = torch.rand(500, 1, 28, 28, generator=g)
     asked = torch.arange(500) % 10
     result = judge_samples(noise, asked, options, min_accuracy=LOW, path=path)
     assert result["overall"] < 0.3  # chance is 0.1
-    blank = judge_samples(torch.full((100, 1, 28, 28), -1.0), asked[:100], options, LOW, path)
+    blank = judge_samples(torch.full((100, 1, 28, 28), 0.0), asked[:100], options, LOW, path)
     assert blank["overall"] <= 0.2  # one answer for every blank image: right for one digit
 
 
@@ -82,7 +82,7 @@ def test_cache_round_trip_gives_the_runs_predictions(brief_judge, options, test_
     images, _ = test_digits
     run_model = load_run(record["run_dir"]).model  # the trained run, from its checkpoint
     with torch.no_grad():
-        expected = run_model((images + 1) / 2)  # the run learned [0, 1] pixels
+        expected = run_model(images)  # the run learned [0, 1] pixels
     # the default cache: $MLENV_CACHE/judges/mnist-cnn.safetensors, built from the run folder
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLENV_CACHE", str(tmp_path / "cache"))
@@ -94,7 +94,7 @@ def test_cache_round_trip_gives_the_runs_predictions(brief_judge, options, test_
         assert cached.is_file() and record_path(cached).is_file()
         model = mnist_judge(options, min_accuracy=LOW)
         with torch.no_grad():
-            assert torch.equal(model((images + 1) / 2), expected)
+            assert torch.equal(model(images), expected)
     # $MLENV_JUDGE names a ready file elsewhere, and wins over the cache (spoilt here)
     moved = tmp_path / "elsewhere" / "judge.safetensors"
     moved.parent.mkdir()
@@ -106,7 +106,7 @@ def test_cache_round_trip_gives_the_runs_predictions(brief_judge, options, test_
         mp.setenv("MLENV_JUDGE", str(moved))
         model = mnist_judge(options, min_accuracy=LOW)
         with torch.no_grad():
-            assert torch.equal(model((images[:50] + 1) / 2), expected[:50])
+            assert torch.equal(model(images[:50]), expected[:50])
     assert json.loads(record_path(moved).read_text())["weights_sha256"] == saved["weights_sha256"]
 
 

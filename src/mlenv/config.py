@@ -390,7 +390,9 @@ def trainer_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
         for name, p in inspect.signature(cls.__init__).parameters.items()
         if p.kind is p.KEYWORD_ONLY
         and p.default is not inspect.Parameter.empty
-        and name not in ("run", "run_config")
+        # data_scale: a task's reading of the images' range, filled from the data set's own
+        # --scale by train.run.build_task (a second flag for it could only disagree)
+        and name not in ("run", "run_config", "data_scale")
     }
 
 

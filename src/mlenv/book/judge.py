@@ -85,9 +85,9 @@ def classify(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 100
 
 
 def to_judge_scale(images: torch.Tensor, scale: str) -> torch.Tensor:
-    """Samples in [-1, 1] (what the diffusion steps produce) -> the scale the judge learned."""
-    x = images.float().clamp(-1.0, 1.0)
-    return (x + 1.0) / 2.0 if scale == "unit" else x
+    """Images in [0, 1] (pixels: what the book steps draw) -> the scale the judge learned."""
+    x = images.float().clamp(0.0, 1.0)
+    return x if scale == "unit" else x * 2.0 - 1.0
 
 
 def measure_test_accuracy(
@@ -254,7 +254,7 @@ def judge_samples(
     path: str | Path | None = None,
 ) -> dict[str, Any]:
     """How often the judge reads each generated image as the digit it was asked to be: images
-    (N, 1, 28, 28) in [-1, 1], labels (N,) the digits asked for. Returns ``overall`` (fraction
+    (N, 1, 28, 28) in [0, 1] (pixels), labels (N,) the digits asked for. Returns ``overall`` (fraction
     correct), ``per_digit`` (``{"0": fraction, ...}`` for each digit asked for) and
     ``judge_test_acc`` (the judge's own accuracy on real test digits).
 

@@ -1,9 +1,11 @@
 """Step 9: a denoising diffusion model (DDPM) on MNIST, with the book's UNet.
 
-Training (recipe ``mnist-ddpm``, the mlenv Trainer): T = 1000 steps of noise with betas linear
-from 1e-4 to 0.02; each batch of 128 digits in [-1, 1] is noised at a random step ``t`` per image
-in closed form, ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``, and the UNet learns
-to predict ``eps`` (mean squared error); Adam 1e-3, 10 epochs.
+Training (recipe ``mnist-ddpm-book``, the mlenv Trainer), as the book's code runs it: T = 1000
+steps of noise with betas linear from 1e-4 to 0.02; each batch of 128 digits in [0, 1] is noised
+at a random step ``t`` (1 .. T, the number the network is told) per image in closed form,
+``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``, and the UNet learns to predict
+``eps`` (mean squared error); Adam 1e-3, 10 epochs. (Recipe ``mnist-ddpm`` is the [-1, 1] form
+of the DDPM paper and diffusers; ``RECIPE`` below names which one the step trains.)
 
 Sampling: from pure noise, the reverse steps of the trained run's network, either the book's 1000
 DDPM steps or ``--sample-steps K`` DDIM steps from the same network. Writes 20 samples, the
@@ -33,6 +35,7 @@ from mlenv.errors import ConfigError
 from mlenv.models.diffusion import DDIMScheduler, DDPMScheduler, sample
 from mlenv.runtime.device import choose_device
 
+RECIPE = "mnist-ddpm-book"  # the book's form: [0, 1] images, t = 1 .. T
 SAMPLES = 20  # the book's 2 x 10 grid
 TRAJECTORY_ROWS = 4  # samples whose path from noise to digit is drawn
 TRAJECTORY_COLUMNS = 10  # steps shown along it
@@ -73,7 +76,7 @@ def draw_samples(
     count: int = SAMPLES,
     keep: set[int] | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], float]:
-    """``count`` images (N, 1, 28, 28) in [-1, 1] from a trained run (``LoadedRun``) with
+    """``count`` images (N, 1, 28, 28) in [0, 1] from a trained run (``LoadedRun``) with
     ``scheduler``'s reverse steps, the trajectory ``{t: x after the step at t}`` for the steps in ``keep`` (first
     ``TRAJECTORY_ROWS`` images), and the seconds the sampling took. Seeded by ``options.seed``."""
     device = choose_device(options.device)
@@ -93,7 +96,8 @@ def draw_samples(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return images.float().cpu(), path, seconds
+    path = {t: scheduler.to_unit(x) for t, x in path.items()}
+    return scheduler.to_unit(images).cpu(), path, seconds
 
 
 def trajectory_steps(timesteps: list[int], columns: int = TRAJECTORY_COLUMNS) -> list[int]:
@@ -115,7 +119,7 @@ def plot_trajectory(path: dict[int, torch.Tensor], out: Path, title: str) -> str
     for c, t in enumerate(steps):
         for r in range(rows):
             ax = axes[r][c]
-            ax.imshow(((path[t][r, 0] + 1) / 2).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(path[t][r, 0].numpy(), cmap="gray", vmin=0, vmax=1)  # already in [0, 1]
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -138,7 +142,7 @@ def trained_run(run_dir: str | Path) -> Any:
     if not isinstance(loaded.task, DiffusionTask):
         raise ConfigError(
             f"{run_dir}: a {loaded.config.trainer} run, not a diffusion one "
-            "(train one with mlenv train mnist-ddpm or mnist-cfg)"
+            "(train one with mlenv train mnist-ddpm-book or mnist-cfg-book)"
         )
     return loaded
 
@@ -150,7 +154,7 @@ def sample_and_draw(loaded: Any, folder: Path, options: BookOptions) -> dict[str
     images, path, seconds = draw_samples(loaded, scheduler, options, keep=keep)
     name = sampler_name(options)
     plots = {
-        "samples": save_grid((images + 1) / 2, folder / "samples.png", 10, f"DDPM, {name}"),
+        "samples": save_grid(images, folder / "samples.png", 10, f"DDPM, {name}"),
         "trajectory": plot_trajectory(
             path, folder / "trajectory.png", f"denoising: x after the reverse step at t ({name})"
         ),
@@ -189,7 +193,7 @@ def run(
 ) -> dict[str, Any]:
     """Train, sample, draw. ``recipe_values`` override the recipe's (tests: a narrow UNet)."""
     options = book_options(options, data)
-    result, loaded = train_recipe("mnist-ddpm", folder, options, **recipe_values)
+    result, loaded = train_recipe(RECIPE, folder, options, **recipe_values)
     losses = [row["train_loss"] for row in result.history]
     drawn = sample_and_draw(loaded, folder, options)
     results = write_training_results(folder, result, drawn, "DDPM noise-prediction loss (MSE)")
@@ -203,7 +207,7 @@ def sample_run(run_dir: str | Path, folder: Path, options: BookOptions) -> dict[
     """Sample again from a run trained before (no training): another sampler from the same
     network, e.g. DDIM in 50 steps (``options.sample_steps``).
 
-    >>> sample_run("book-out/step09/runs/mnist-ddpm/<id>", Path("ddim50"), BookOptions(sample_steps=50))  # doctest: +SKIP
+    >>> sample_run("book-out/step09/runs/mnist-ddpm-book/<id>", Path("ddim50"), BookOptions(sample_steps=50))  # doctest: +SKIP
     """
     folder.mkdir(parents=True, exist_ok=True)
     results = {"run_dir": str(run_dir), **sample_and_draw(trained_run(run_dir), folder, options)}

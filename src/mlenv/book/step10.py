@@ -1,6 +1,7 @@
 """Step 10: conditional diffusion and classifier-free guidance on MNIST.
 
-Training (recipe ``mnist-cfg``): step 9's DDPM with the UNet told which digit to draw, a label
+Training (recipe ``mnist-cfg-book``: images in [0, 1], t = 1 .. T, as the book's code; ``mnist-cfg``
+is the [-1, 1] form): step 9's DDPM with the UNet told which digit to draw, a label
 embedding added to the step embedding. Classifier-free guidance trains one network for both
 questions: each training label is replaced by a learned "no label" (index 10) with probability
 ``p_uncond = 0.1``. (The book's ``cfg.py`` drops the labels of a whole batch and has no learned
@@ -31,6 +32,7 @@ from mlenv.book.step09 import (
 from mlenv.errors import ConfigError
 from mlenv.runtime.device import choose_device
 
+RECIPE = "mnist-cfg-book"
 GUIDANCE = 3.0
 PER_DIGIT = 10  # samples of each digit: the 10 x 10 grid, and what the judge reads
 
@@ -53,7 +55,7 @@ def sample_and_judge(
     if getattr(loaded.model, "null_label", None) is None:
         raise ConfigError(
             f"{loaded.checkpoint_path}: the model takes no labels; step10 samples a conditional "
-            "run (mlenv train mnist-cfg)"
+            "run (mlenv train mnist-cfg-book)"
         )
     scheduler = make_sampler(loaded.task.scheduler, options.sample_steps)
     labels = torch.arange(10).repeat_interleave(PER_DIGIT)  # (100,): row d of the grid is digit d
@@ -70,7 +72,7 @@ def sample_and_judge(
         )
         verdicts[key] = judge(images[key], labels, options, **(judge_args or {}))
         grid = folder / f"samples_{key}.png"
-        plots[key] = save_grid((images[key] + 1) / 2, grid, PER_DIGIT, titles[key])
+        plots[key] = save_grid(images[key], grid, PER_DIGIT, titles[key])
     for key, scale in scales.items():
         verdict = verdicts[key]
         digits = " ".join(f"{d}:{v:.2f}" for d, v in verdict["per_digit"].items())
@@ -110,7 +112,7 @@ def run(
     from mlenv.book.judge import mnist_judge
 
     mnist_judge(options, **(judge_args or {}))
-    result, loaded = train_recipe("mnist-cfg", folder, options, **recipe_values)
+    result, loaded = train_recipe(RECIPE, folder, options, **recipe_values)
     losses = [row["train_loss"] for row in result.history]
     print(f"conditional UNet parameters: {sum(p.numel() for p in loaded.model.parameters()):,}")
     print(f"loss: epoch 1 {losses[0]:.5f}, epoch {len(losses)} {losses[-1]:.5f}")
@@ -127,7 +129,7 @@ def judge_run(
     """Sample and judge again from a conditional run trained before (no training): another
     guidance (``options.guidance``) or sampler (``options.sample_steps``), same network.
 
-    >>> judge_run("book-out/step10/runs/mnist-cfg/<id>", Path("w5"), BookOptions(guidance=5))  # doctest: +SKIP
+    >>> judge_run("book-out/step10/runs/mnist-cfg-book/<id>", Path("w5"), BookOptions(guidance=5))  # doctest: +SKIP
     """
     folder.mkdir(parents=True, exist_ok=True)
     loaded = trained_run(run_dir)

@@ -14,7 +14,11 @@ either scheduler, so a network trained with 1000 DDPM steps samples in 50 DDIM s
 
 Notation (the book's): ``beta_t`` the noise added at step t, ``alpha_t = 1 - beta_t``,
 ``alpha_bar_t = prod(alpha_0 .. alpha_t)``, so ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0,
-(1 - alpha_bar_t) I)``. Steps are indexed 0 .. T-1 as in the book's code.
+(1 - alpha_bar_t) I)``. Steps are indexed 0 .. T-1 in the tables; the number the network is
+told for step index ``i`` is ``i + first_step``: 0 (diffusers, mlenv's recipes) or 1 (the book's
+code, whose t runs 1 .. T with ``alpha_bars[t - 1]``). ``data_range`` is the pixel range of the
+images (``(-1, 1)`` or the book's ``(0, 1)``): what ``clip_sample`` clamps to and what
+``to_unit`` maps to [0, 1] for pictures.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class DDPMScheduler:
     (``beta_start`` .. ``beta_end``). ``step`` samples ``x_{t-1}`` from the reverse process with
     the mean ``(x_t - beta_t / sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_t)`` and the posterior
     variance ``beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)`` (no noise at the last step),
-    then clamps to the data range [-1, 1] as the book does (``clip_sample``).
+    then clamps to ``data_range`` (``clip_sample``; the book's code clamps only the finished
+    image, which is ``clip_sample=False``).
 
     >>> scheduler = DDPMScheduler()
     >>> x_t = scheduler.add_noise(torch.zeros(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor([0, 999]))
@@ -45,10 +50,19 @@ class DDPMScheduler:
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         clip_sample: bool = True,
+        first_step: int = 0,
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         check_schedule(num_train_timesteps, beta_start, beta_end)
+        if first_step not in (0, 1):
+            raise ConfigError(f"--first_step: accepts 0 or 1, got {first_step}")
+        low, high = (float(v) for v in data_range)
+        if not low < high:
+            raise ConfigError(f"data_range: accepts (low, high) with low < high, got {data_range}")
         self.num_train_timesteps = num_train_timesteps
         self.clip_sample = clip_sample
+        self.first_step = first_step
+        self.data_range = (low, high)
         # float64 for the products over 1000 steps; tensors for training, floats for sampling
         self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
         self.alphas = 1.0 - self.betas
@@ -105,7 +119,16 @@ class DDPMScheduler:
         if t > 0:
             variance = beta * (1.0 - self._alpha_bar[t - 1]) / (1.0 - alpha_bar)
             x = x + math.sqrt(variance) * randn_like(x, generator)
-        return x.clamp(-1.0, 1.0) if self.clip_sample else x
+        return x.clamp(*self.data_range) if self.clip_sample else x
+
+    def network_steps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The step numbers the network is told for table indices ``timesteps`` (B,)."""
+        return timesteps + self.first_step if self.first_step else timesteps
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in ``data_range`` -> [0, 1] (clamped), for pictures and the judge."""
+        low, high = self.data_range
+        return ((images.float() - low) / (high - low)).clamp(0.0, 1.0)
 
 
 class DDIMScheduler(DDPMScheduler):
@@ -128,8 +151,12 @@ class DDIMScheduler(DDPMScheduler):
         beta_end: float = 0.02,
         clip_sample: bool = True,
         eta: float = 0.0,
+        first_step: int = 0,
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
-        super().__init__(num_train_timesteps, beta_start, beta_end, clip_sample)
+        super().__init__(
+            num_train_timesteps, beta_start, beta_end, clip_sample, first_step, data_range
+        )
         if eta < 0:
             raise ConfigError(f"eta: accepts a number >= 0 (0 is deterministic DDIM), got {eta}")
         self.eta = eta
@@ -138,14 +165,18 @@ class DDIMScheduler(DDPMScheduler):
 
     @classmethod
     def from_scheduler(cls, other: DDPMScheduler, eta: float = 0.0) -> DDIMScheduler:
-        """DDIM on the schedule another scheduler (the one a network was trained with) holds."""
+        """DDIM on the schedule another scheduler (the one a network was trained with) holds,
+        with its step numbering and data range. DDIM always clamps its estimate of x_0 to the
+        data range (the book's ``clip_sample=False`` is about DDPM's own steps)."""
         betas = other.betas
         return cls(
             other.num_train_timesteps,
             float(betas[0]),
             float(betas[-1]),
-            other.clip_sample,
+            True,
             eta,
+            other.first_step,
+            other.data_range,
         )
 
     def set_timesteps(self, num_inference_steps: int | None = None) -> None:
@@ -174,7 +205,7 @@ class DDIMScheduler(DDPMScheduler):
         alpha_bar_prev = self._alpha_bar[prev] if prev >= 0 else 1.0  # past step 0: the data
         x0 = (sample - math.sqrt(1.0 - alpha_bar) * model_output) / math.sqrt(alpha_bar)
         if self.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
+            x0 = x0.clamp(*self.data_range)
         sigma = (
             self.eta
             * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
@@ -238,7 +269,7 @@ def sample(
     device: torch.device | str = "cpu",
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Generate ``shape`` images (B, C, H, W) in [-1, 1] by running ``scheduler``'s reverse
+    """Generate ``shape`` images (B, C, H, W) in the scheduler's ``data_range`` by running ``scheduler``'s reverse
     steps from pure noise; ``labels`` (B,) and ``guidance`` for a conditional model;
     ``callback(t, x_t)`` sees each step's result (the denoising trajectory).
 
@@ -251,7 +282,7 @@ def sample(
         labels = labels.to(device)
     for t in scheduler.timesteps:
         steps = torch.full((shape[0],), t, device=device, dtype=torch.long)  # (B,)
-        eps = guided_noise(model, x, steps, labels, guidance)
+        eps = guided_noise(model, x, scheduler.network_steps(steps), labels, guidance)
         x = scheduler.step(eps, t, x, generator)
         if callback is not None:
             callback(t, x)

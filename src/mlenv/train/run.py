@@ -58,9 +58,19 @@ def build_model(cfg: RunConfig, model_kwargs: dict[str, Any]) -> Any:
 
 
 def build_task(cfg: RunConfig) -> Any:
+    """The recipe's task; a task that reads the images' range (``data_scale``: diffusion's
+    clamps and pictures) gets the data set's ``--scale``, its default where the recipe sets none."""
+    from mlenv.data import DATASETS
     from mlenv.train.tasks import TASKS
 
-    return TASKS.create(cfg.trainer, **cfg.task_args)
+    args = dict(cfg.task_args)
+    if "data_scale" in inspect.signature(TASKS.get(cfg.trainer)).parameters:
+        data_params = inspect.signature(DATASETS.get(cfg.dataset)).parameters
+        if "scale" in cfg.data:
+            args["data_scale"] = cfg.data["scale"]
+        elif "scale" in data_params:
+            args["data_scale"] = data_params["scale"].default
+    return TASKS.create(cfg.trainer, **args)
 
 
 def build(cfg: RunConfig) -> tuple[Any, Any, Any]:

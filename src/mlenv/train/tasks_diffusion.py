@@ -5,11 +5,18 @@ clean batch to ``x_t`` with the schedule's closed form, predict the noise, take 
 error. With a conditional model (``unet-conditional``) the digit labels go in too, each one
 replaced by the model's "no label" with probability ``p_uncond``, so the same network also learns
 the unconditional prediction that classifier-free guidance needs at sampling time.
+
+Evaluation (``val_loss``, ``test_loss``) is a fixed number for fixed weights: out of training each
+image's step, noise and label dropping come from a generator seeded by that image's own bytes, so
+``mlenv test`` gives the same loss twice, best-epoch selection compares weights rather than noise,
+the training's random stream is left alone, and the split of a batch over processes changes
+nothing.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +39,42 @@ def null_label_of(model: nn.Module) -> int | None:
     return getattr(unwrap_model(model), "null_label", None)
 
 
+DATA_RANGES = {"signed": (-1.0, 1.0), "unit": (0.0, 1.0)}
+
+
+def row_generators(x: torch.Tensor) -> list[torch.Generator]:
+    """One CPU generator per row of ``x`` (B, ...), seeded by the CRC-32 of the row's bytes."""
+    rows = x.detach().float().cpu().reshape(len(x), -1).numpy()  # (B, C*H*W)
+    return [torch.Generator().manual_seed(zlib.crc32(row.tobytes())) for row in rows]
+
+
+def evaluation_draws(
+    x0: torch.Tensor, timesteps: int, p_uncond: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step (B,), noise (B, C, H, W) and label-drop flags (B,) of an evaluation batch, each
+    row's from its own content-seeded generator: the same image always gets the same draws."""
+    steps, noises, drops = [], [], []
+    for g in row_generators(x0):
+        steps.append(torch.randint(0, timesteps, (1,), generator=g))
+        noises.append(torch.randn(x0.shape[1:], generator=g))
+        drops.append(torch.rand(1, generator=g) < p_uncond)
+    device = x0.device
+    return (
+        torch.cat(steps).to(device),
+        torch.stack(noises).to(device, x0.dtype),
+        torch.cat(drops).to(device),
+    )
+
+
 @register_task("diffusion")
 class DiffusionTask(Task):
     """Noise prediction with the book's DDPM schedule (``timesteps`` steps, betas linear from
     ``beta_start`` to ``beta_end``). ``p_uncond``: the probability that a training label is
     replaced by the "no label" (classifier-free guidance; needs a conditional model).
+    ``data_scale``: the images' range, ``signed`` [-1, 1] or ``unit`` [0, 1] (filled from the
+    data set's ``--scale``); ``first_step``: the number the network is told for the first step,
+    0 (mlenv, diffusers) or 1 (the book's t = 1 .. T); ``clip_sample``: DDPM sampling clamps
+    every step to the data range (the book clamps only the finished image: false).
 
     >>> task = DiffusionTask(p_uncond=0.1)
     >>> task.scheduler.num_train_timesteps
@@ -51,13 +89,21 @@ class DiffusionTask(Task):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         p_uncond: float = 0.0,
+        data_scale: str = "signed",
+        first_step: int = 0,
+        clip_sample: bool = True,
     ) -> None:
         super().__init__(criterion)
         check_schedule(timesteps, beta_start, beta_end)
         if not 0 <= p_uncond < 1:
             raise ConfigError(f"--p_uncond: accepts a probability in [0, 1), got {p_uncond}")
+        if data_scale not in DATA_RANGES:
+            raise ConfigError(f"--scale: accepts unit or signed, got {data_scale!r}")
         self.p_uncond = p_uncond
-        self.scheduler = DDPMScheduler(timesteps, beta_start, beta_end)
+        self.data_scale = data_scale
+        self.scheduler = DDPMScheduler(
+            timesteps, beta_start, beta_end, clip_sample, first_step, DATA_RANGES[data_scale]
+        )
 
     def get_criterion(self, model: nn.Module | None = None) -> Any:
         """MSE; also readies the network the Trainer is about to train (its set-up asks this
@@ -74,31 +120,41 @@ class DiffusionTask(Task):
             model.to(memory_format=torch.channels_last)
         return self.criterion or nn.MSELoss()
 
-    def drop_labels(self, labels: torch.Tensor, null_label: int) -> torch.Tensor:
-        """Each label replaced by ``null_label`` with probability ``p_uncond``, independently."""
+    def drop_labels(
+        self, labels: torch.Tensor, null_label: int, dropped: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each label replaced by ``null_label`` with probability ``p_uncond``, independently
+        (or where ``dropped`` (B,) says, in evaluation)."""
         if self.p_uncond == 0:
             return labels
-        dropped = torch.rand(labels.shape, device=labels.device) < self.p_uncond  # (B,)
+        if dropped is None:
+            dropped = torch.rand(labels.shape, device=labels.device) < self.p_uncond  # (B,)
         return labels.masked_fill(dropped, null_label)
 
     def forward_pass(
         self, model: nn.Module, batch: Any, criterion: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x0, labels = split_batch(batch)  # (B, C, H, W) in [-1, 1], (B,) digits
-        t = torch.randint(0, self.scheduler.num_train_timesteps, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)  # (B, C, H, W)
+        x0, labels = split_batch(batch)  # (B, C, H, W) in the data range, (B,) digits
+        T = self.scheduler.num_train_timesteps
+        if model.training:
+            t = torch.randint(0, T, (len(x0),), device=x0.device)  # (B,) table indices
+            noise = torch.randn_like(x0)  # (B, C, H, W)
+            dropped = None
+        else:
+            t, noise, dropped = evaluation_draws(x0, T, self.p_uncond)
         x_t = self.scheduler.add_noise(x0, noise, t)
+        steps = self.scheduler.network_steps(t)  # what the network is told: t or the book's t + 1
         null = null_label_of(model)
         if null is None:
-            predicted = model(x_t, t)
+            predicted = model(x_t, steps)
         else:
             if labels is None:
                 raise ConfigError("a conditional diffusion model needs labels in the batch")
-            predicted = model(x_t, t, self.drop_labels(labels, null))
+            predicted = model(x_t, steps, self.drop_labels(labels, null, dropped))
         return criterion(predicted.float(), noise), predicted
 
     def inference(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """The predicted noise of the batch noised at random steps (as in training)."""
+        """The predicted noise of the batch noised at its evaluation steps (content-seeded)."""
         return self.forward_pass(model, batch, nn.MSELoss())[1]
 
     def report(self, trainer: Any, bundle: Any, run: Any) -> dict[str, Any]:
@@ -117,18 +173,18 @@ class DiffusionTask(Task):
         generator = torch.Generator(trainer.device).manual_seed(trainer.config.seed)
         with trainer.autocast():
             images = sample(model, scheduler, shape, labels, guidance, generator, trainer.device)
-        path = write_image_grid(images, run.plots / "samples.png", nrow=10)
+        path = write_image_grid(scheduler.to_unit(images), run.plots / "samples.png", nrow=10)
         return {"samples": str(path)}
 
 
 def write_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
-    """A PNG grid of ``images`` (N, C, H, W) in [-1, 1], ``nrow`` a row, written atomically."""
+    """A PNG grid of ``images`` (N, C, H, W) in [0, 1], ``nrow`` a row, written atomically."""
     from PIL import Image
     from torchvision.utils import make_grid
 
     from mlenv.train.checkpoint import atomic_write_bytes
 
-    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2  # (N, C, H, W) in [0, 1]
+    x = images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
     grid = make_grid(x, nrow=nrow, padding=2, pad_value=1.0)  # (3, H', W')
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H', W', 3)
     buffer = io.BytesIO()
