@@ -132,3 +132,61 @@ def test_estimator_contract_and_input_errors():
 
 def test_kl_closed_form():
     assert kl_normal(0, 1, 1, 2) == pytest.approx(np.log(2) + (1 + 1) / 8 - 0.5)
+
+
+def test_normal_and_multivariate_mle_on_hand_computed_values():
+    fitted = NormalMLE().fit([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5; squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5: MLE variance 5/4 (not 5/3)
+    assert fitted.mu_ == 2.5 and fitted.sigma_ == pytest.approx(np.sqrt(1.25), rel=1e-15)
+    assert fitted.logpdf(2.5) == pytest.approx(-np.log(np.sqrt(1.25)) - 0.5 * np.log(2 * np.pi))
+    square = [[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]
+    mle = MultivariateNormal().fit(square)
+    np.testing.assert_allclose(mle.mean_, [1.0, 1.0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(mle.covariance_, np.eye(2), rtol=0, atol=1e-15)  # 4 / 4
+    unbiased = MultivariateNormal(ddof=1).fit(square)
+    np.testing.assert_allclose(unbiased.covariance_, np.eye(2) * 4 / 3, rtol=1e-15)
+    # det [[4, 0], [0, 1]] = 4; at mean + (2, 1) the Mahalanobis distance is 4/4 + 1/1 = 2
+    given = MultivariateNormal(mean=[1.0, 1.0], cov=[[4.0, 0.0], [0.0, 1.0]])
+    at_mean = -np.log(2 * np.pi) - 0.5 * np.log(4.0)
+    np.testing.assert_allclose(
+        given.logpdf([[1.0, 1.0], [3.0, 2.0]]), [at_mean, at_mean - 1.0], rtol=1e-14
+    )
+
+
+def two_clusters():
+    return np.array([[-1.0], [0.0], [1.0], [9.0], [10.0], [11.0]])
+
+
+def test_mixture_fit_predict_and_score_on_a_hand_case():
+    """Two clusters 10 apart: responsibilities are 0/1 to within exp(-70), so EM's fixed point
+    is each cluster's own MLE: means 0 and 10, variance 2/3 (+ reg_covar), weights 1/2."""
+    X = two_clusters()
+    model = GaussianMixture(
+        2, weights_init=[0.5, 0.5], means_init=[[0.0], [10.0]], covariances_init=[[[1.0]], [[1.0]]]
+    ).fit(X)
+    var = 2 / 3 + 1e-6
+    np.testing.assert_allclose(model.means_.ravel(), [0.0, 10.0], atol=1e-12)
+    np.testing.assert_allclose(model.covariances_.ravel(), [var, var], rtol=1e-10)
+    np.testing.assert_allclose(model.weights_, [0.5, 0.5], rtol=1e-12)
+    assert model.converged_
+    # log p(x) = log(1/2) - log(2 pi var)/2 - (x - mu)^2 / (2 var); the mean of (x - mu)^2 is 2/3
+    expected = np.log(0.5) - 0.5 * np.log(2 * np.pi * var) - (2 / 3) / (2 * var)
+    assert model.score(X) == pytest.approx(expected, abs=1e-10)
+    assert model.lower_bound_ == pytest.approx(expected, abs=1e-6)
+    np.testing.assert_array_equal(model.predict(X), [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(model.predict([[4.9], [5.1]]), [0, 1])  # the midpoint is 5
+    np.testing.assert_allclose(model.predict_proba([[5.0]]), [[0.5, 0.5]], rtol=1e-12)
+    history = model.log_likelihoods_
+    assert len(history) >= 2 and all(b >= a - 1e-12 for a, b in itertools.pairwise(history))
+
+
+def test_mixture_means_init_alone_is_used_and_one_d_input_is_one_feature():
+    X = two_clusters()
+    for start in ([[0.0], [10.0]], [[10.0], [0.0]]):  # each order is kept, whatever k-means says
+        model = GaussianMixture(2, means_init=start, random_state=0).fit(X)
+        np.testing.assert_allclose(model.means_, start, atol=1e-9)
+    one_d = GaussianMixture(1).fit([1.0, 2.0, 3.0, 4.0])  # a 1-D list: 4 samples of 1 feature
+    np.testing.assert_allclose(one_d.means_, [[2.5]], rtol=1e-15)
+    np.testing.assert_allclose(one_d.covariances_, [[[1.25 + 1e-6]]], rtol=1e-12)
+    as_many = GaussianMixture(2).fit([[0.0], [1.0]])  # as many samples as components is enough
+    np.testing.assert_allclose(sorted(as_many.means_.ravel()), [0.0, 1.0], atol=1e-12)
