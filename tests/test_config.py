@@ -139,3 +139,53 @@ def test_task_options_are_checked_before_training(capsys, tmp_path, shared_data,
     assert code == 2
     assert expected in err and err.count("\n") == 1, err
     assert not runs.exists()
+
+
+def test_train_config_bounds_are_exact():
+    for bad, message in (
+        ({"lr": 0.0}, "lr: accepts a number > 0, got 0.0"),
+        ({"weight_decay": -0.5}, "weight_decay: accepts a number >= 0, got -0.5"),
+        ({"beta2": 1.0}, "beta2: accepts a number in [0, 1), got 1.0"),
+        ({"ema": 0.0}, "ema: accepts a decay in (0, 1)"),
+        ({"warmup_start_factor": 1.5}, "warmup_start_factor: accepts a number in (0, 1]"),
+        ({"lr": True}, "lr: accepts a number, got True"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            TrainConfig(**bad)
+        assert message in str(caught.value), (bad, str(caught.value))
+    # the edges that are allowed
+    edge = TrainConfig(
+        lr=0.01, min_lr=0.01, beta1=0.0, weight_decay=0.0, warmup_start_factor=1.0, ema=0.5
+    )
+    assert (edge.min_lr, edge.beta1, edge.warmup_start_factor) == (0.01, 0.0, 1.0)
+
+
+def test_resolve_mode_from_the_metric_name_task_and_loss_terms():
+    from mlenv.config import resolve_mode
+
+    assert resolve_mode("val_recon_loss", None) == "min"
+    assert resolve_mode("train_acc", None) == "max"
+    assert resolve_mode("val_macro_f1", None) == "max"
+    assert resolve_mode("val_kl", None, loss_terms=("kl", "recon")) == "min"
+    assert resolve_mode("val_perplexity", None, task_modes={"perplexity": "min"}) == "min"
+    assert resolve_mode("val_perplexity", "max") == "max"  # unknown name: the given mode
+    with pytest.raises(ConfigError, match="mode: 'min' contradicts 'val_acc'"):
+        resolve_mode("val_acc", "min")
+    with pytest.raises(ConfigError, match="cannot tell whether a higher or a lower 'val_zeta'"):
+        resolve_mode("val_zeta", None)
+
+
+def test_a_stored_configuration_with_an_unknown_key_names_it_and_the_allowed_ones():
+    recipe = load_recipe("digits-mlp")
+    with pytest.raises(ConfigError, match=r"unknown key 'epochz' \(did you mean 'epochs'\?\)"):
+        resolve(recipe, [], base={"epochz": 3})
+    resolved = resolve(recipe, ["--lr", "0.5"], base={"lr": 0.25, "epochs": 7})
+    assert (resolved.train.lr, resolved.train.epochs) == (0.5, 7)  # command line over base
+
+
+def test_a_recipe_file_with_an_unknown_train_key_is_an_error(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("trainer: classification\ndataset: digits\nmodel: mlp\ntrain:\n  lrr: 0.1\n")
+    code, _, err = run_cli(capsys, "args", str(path))
+    assert code == 2
+    assert "recipe mine train: unknown key 'lrr' (did you mean 'lr'?); allowed keys:" in err
