@@ -5,7 +5,9 @@ and which groups it refuses."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,16 +288,25 @@ def test_repeat_refuses_duplicate_or_negative_seeds_before_running_anything():
 # compare through a real store
 
 
-def add_group(store, name, kind, values, plan=None, config=None, shuffle=None):
+def add_group(store, name, kind, values, plan=None, config=None, shuffle=None, sizes=None):
     """A group of finished runs whose summary holds ``test_acc`` = ``values[member]``, written
-    in the order of ``values`` or, with ``shuffle`` (a seed), in a random order."""
+    in the order of ``values`` or, with ``shuffle`` (a seed), in a random order. With ``sizes``
+    (the rows of each run, as ``summary.json`` records them under ``data.sizes``, or a function
+    of the member giving them) every run gets a folder with that summary."""
     group = store.create_group(name, kind, "synthetic", plan or {})
     items = list(values.items())
     if shuffle is not None:
         items = [items[i] for i in np.random.default_rng(shuffle).permutation(len(items))]
     for position, (member, value) in enumerate(items):
         run_id = f"{name}-{position:03d}"  # the store lists runs in this order
-        store.start_run(run_id, name, config or {}, group_id=group, member=member)
+        run_dir = None
+        if sizes is not None:
+            run_dir = Path(store.path).parent / name / run_id
+            run_dir.mkdir(parents=True)
+            recorded = sizes(member) if callable(sizes) else sizes
+            summary = {"test_acc": value, "data": {"sizes": recorded}}
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+        store.start_run(run_id, name, config or {}, group_id=group, member=member, run_dir=run_dir)
         store.finish_run(run_id, "finished", {"test_acc": value})
     return group
 
@@ -328,22 +339,26 @@ def test_compare_cv_groups_uses_the_corrected_resampled_t_test(tmp_path, capsys)
     base = [0.80 + 0.01 * (i % 5) for i in range(10)]  # fold scores vary; differences do not
     differences = [0.0, 0.03] * 5  # mean 0.015, each off by 0.015
     plan = {"folds": 5, "repeats": 2}
-    add_group(store, "new", "cv", cv_members(np.add(base, differences), 5, 2), plan)
-    add_group(store, "old", "cv", cv_members(base, 5, 2), plan)
+    # 625 rows in 5 folds: each run tests on 125 and fits on 400 of the other 500, because its
+    # 100 validation rows come out of them: n_test/n_train = 125/400, not 1/(k-1) = 1/4
+    sizes = [400, 100, 125]
+    add_group(store, "new", "cv", cv_members(np.add(base, differences), 5, 2), plan, sizes=sizes)
+    add_group(store, "old", "cv", cv_members(base, 5, 2), plan, sizes=sizes)
     (r,) = compare_groups(store, ["new", "old"], "test_acc", 0.05)
     out = capsys.readouterr().out
     var = 10 * 0.015**2 / 9
-    corrected_t = 0.015 / math.sqrt((1 / 10 + 1 / 4) * var)  # 5 folds: n_test/n_train = 1/4
+    corrected_t = 0.015 / math.sqrt((1 / 10 + 125 / 400) * var)
     p = t_two_sided_p(corrected_t, 9)
     plain_p = t_two_sided_p(0.015 / math.sqrt(var / 10), 9)  # t = 3.0
     assert r["primary"].test == "corrected resampled t-test"
     assert r["primary"].statistic == pytest.approx(corrected_t, rel=1e-9)
     assert r["primary"].p_value == pytest.approx(p, rel=1e-9)
     assert "test: corrected resampled t-test (Nadeau & Bengio 2003), because the folds" in out
-    assert "n_test/n_train = 1/4" in out
+    assert r["test_train_ratio"] == pytest.approx(0.3125, rel=1e-12)
+    assert "n_test/n_train = 125/400 = 0.3125" in out
     assert f"corrected resampled t-test: t(9) = {corrected_t:.4f}, p = {p:.4g}" in out
     assert "paired by repeat and fold (J=10: 2 repeats x 5 folds)" in out
-    half = 2.262 * math.sqrt((1 / 10 + 1 / 4) * var)  # t_{0.975,9} = 2.262 (t table)
+    half = 2.262 * math.sqrt((1 / 10 + 125 / 400) * var)  # t_{0.975,9} = 2.262 (t table)
     assert r["interval"][0] == "corrected-t"
     low, high = r["interval"][1]
     assert ((low + high) / 2, (high - low) / 2) == pytest.approx((0.015, half), rel=2e-4)
@@ -357,15 +372,59 @@ def test_compare_5x2cv_groups_uses_dietterichs_test_and_shows_the_corrected_one(
     store = Store(tmp_path / "mlenv.db")
     p = [[0.02, 0.04], [0.01, 0.03], [0.03, 0.03], [0.00, 0.02], [0.05, 0.01]]
     plan = {"folds": 2, "repeats": 5}
-    add_group(store, "a", "cv", cv_members([0.9 + d for row in p for d in row], 2, 5), plan)
-    add_group(store, "b", "cv", cv_members([0.9] * 10, 2, 5), plan)
+    sizes = {"train": 80, "val": 20, "test": 100}  # as the tabular data sets record them
+    a = cv_members([0.9 + d for row in p for d in row], 2, 5)
+    add_group(store, "a", "cv", a, plan, sizes=sizes)
+    add_group(store, "b", "cv", cv_members([0.9] * 10, 2, 5), plan, sizes=sizes)
     (r,) = compare_groups(store, ["a", "b"], "test_acc")
     out = capsys.readouterr().out
     t = 0.02 / math.sqrt((0.0002 + 0.0002 + 0 + 0.0002 + 0.0008) / 5)  # as in the test above
     assert r["primary"].test == "5x2cv paired t-test"
     assert r["primary"].p_value == pytest.approx(t_two_sided_p(t, 5), rel=1e-6)
     assert [x.test for x in r["tests"]] == ["5x2cv paired t-test", "corrected resampled t-test"]
+    # the ten differences: mean 0.024, squared deviations (1e-6) 16, 256, 196, 36, 36, 36, 576,
+    # 16, 676, 196 = 2040 -> var 0.00204 / 9; n_test/n_train = 100/80
+    corrected = 0.024 / math.sqrt((1 / 10 + 100 / 80) * 0.00204 / 9)
+    assert r["tests"][1].statistic == pytest.approx(corrected, rel=1e-9)
     assert "test: 5x2cv paired t-test (Dietterich 1998)" in out
+
+
+def test_compare_cv_reads_n_test_and_n_train_from_the_runs_and_refuses_without_them(
+    tmp_path, capsys
+):
+    """Review finding: compare took n_test/n_train = 1/(k-1) though each run's validation rows
+    come out of its training folds (921/3219 = 0.286 on spambase with 5 folds, not 0.25)."""
+    store = Store(tmp_path / "mlenv.db")
+    plan = {"folds": 5, "repeats": 1}
+    narrow = cv_members([0.80, 0.83, 0.81, 0.84, 0.82], 5, 1)
+    wide = cv_members([0.79, 0.80, 0.80, 0.81, 0.80], 5, 1)
+
+    def carved(member):  # 626 rows: fold 0 tests 126, the others 125; 100 validation rows
+        return [400 - (member.endswith("=0")), 100, 125 + (member.endswith("=0"))]
+
+    add_group(store, "narrow", "cv", narrow, plan, sizes=carved)
+    add_group(store, "wide", "cv", wide, plan, sizes=[501, 0, 125])  # no validation rows
+    # means over the folds: 125.2 tested, 399.8 fitted; of the two groups, the larger ratio
+    for first, second in (("narrow", "wide"), ("wide", "narrow")):
+        (r,) = compare_groups(store, [first, second], "test_acc")
+        assert r["test_train_ratio"] == pytest.approx(125.2 / 399.8, rel=1e-12)
+        assert "n_test/n_train = 125.2/399.8 = 0.3132" in capsys.readouterr().out
+    d = np.subtract(list(narrow.values()), list(wide.values()))  # 0.01, 0.03, 0.01, 0.03, 0.02
+    expected = 0.02 / math.sqrt((1 / 5 + 125.2 / 399.8) * (4 * 0.01**2 / 4))
+    assert d.var(ddof=1) == pytest.approx(0.01**2, rel=1e-9)
+    assert r["primary"].statistic == pytest.approx(-expected, rel=1e-9)  # wide - narrow
+
+    add_group(store, "lost", "cv", wide, plan)  # no run folders: nothing records the rows
+    add_group(  # one run's summary.json lacks data.sizes
+        store, "half", "cv", wide, plan, sizes=lambda m: None if m.endswith("=3") else [400, 0, 1]
+    )
+    for group, missing in (("lost", "repeat=0,fold=0, repeat=0,fold=1, "), ("half", "fold=3 of")):
+        with pytest.raises(ConfigError) as err:
+            compare_groups(store, ["narrow", group], "test_acc")
+        message = str(err.value)
+        assert message.startswith("compare: the runs repeat=0,") and missing in message
+        assert f"of cv group {group!r} have no record of their train and test rows" in message
+        assert "\n" not in message
 
 
 def test_compare_refuses_a_group_of_one_run(tmp_path):
@@ -430,3 +489,35 @@ def test_compare_unpaired_uses_welch_and_mann_whitney(tmp_path, capsys):
     (r,) = compare_groups(store, ["drug1", "drug2-few"], "test_acc", unpaired=True)
     assert r["primary"].test == "Welch's t-test"
     assert "unpaired (n=10 and n=7)" in capsys.readouterr().out
+
+
+def test_compare_prints_and_decides_on_the_holm_adjusted_p_values(tmp_path, capsys):
+    store = Store(tmp_path / "mlenv.db")
+    # drug2 - drug1: Student's sleep differences, t by hand as above; drug2 - near: differences
+    # 1, -1, 2, 0, 1, 3, -1, 1, 2, 2 (mean 1, squared deviations sum to 16, sd 4/3), so
+    # t = 1 / ((4/3) / sqrt(10)) = 3 sqrt(10) / 4
+    near = np.subtract(SLEEP_2, [1, -1, 2, 0, 1, 3, -1, 1, 2, 2])
+    add_group(store, "drug2", "repeat", seeds(SLEEP_2))
+    add_group(store, "drug1", "repeat", seeds(SLEEP_1))
+    add_group(store, "near", "repeat", seeds(near))
+    p_sleep = t_two_sided_p(1.58 / (math.sqrt(13.616 / 9) / math.sqrt(10)), 9)  # 0.002833
+    p_near = t_two_sided_p(3 * math.sqrt(10) / 4, 9)  # 0.0418
+    # Holm on (p_sleep, p_near): the smaller times 2, the larger times 1 (never below the first)
+    holm_sleep, holm_near = 2 * p_sleep, max(2 * p_sleep, p_near)
+    assert (p_sleep, p_near) == pytest.approx((0.002833, 0.04177), rel=1e-3)
+    first, second = compare_groups(store, ["drug2", "drug1", "near"], "test_acc", alpha=0.005)
+    out = capsys.readouterr().out
+    assert first["primary"].p_value == pytest.approx(p_sleep, rel=1e-9)
+    assert second["primary"].p_value == pytest.approx(p_near, rel=1e-9)
+    assert first["p_adjusted"] == pytest.approx(holm_sleep, rel=1e-9)
+    assert second["p_adjusted"] == pytest.approx(holm_near, rel=1e-9)
+    sections = out.split("\ndrug2 - ")
+    assert len(sections) == 3
+    assert f"Holm-adjusted p (2 comparisons): {holm_sleep:.4g}\n" in sections[1]
+    assert f"Holm-adjusted p (2 comparisons): {holm_near:.4g}\n" in sections[2]
+    # raw p 0.0028 < alpha 0.005 < adjusted 0.0057: the verdict follows the adjusted one
+    assert (
+        f"=> at alpha 0.005, the difference is not significant (paired t-test, p = "
+        f"{holm_sleep:.4g}): the data do not show that drug2 and drug1 differ" in sections[1]
+    )
+    assert f"paired t-test: t(9) = 4.0621, p = {p_sleep:.4g}\n" in sections[1]

@@ -218,10 +218,16 @@ def test_delete_asks_and_keeps_on_no(tmp_path, monkeypatch, capsys):
 
 
 def synthetic_group(store, name, kind, values, plan):
+    """Finished runs with ``test_acc`` = ``values[member]``, each with a run folder whose
+    summary.json records its rows (what compare reads for a cv group's n_test/n_train)."""
     group = store.create_group(name, kind, "synthetic", plan)
     for member, value in values.items():
         run_id = f"{name}-{member}"
-        store.start_run(run_id, name, {}, group_id=group, member=member)
+        run_dir = store.path.parent / name / run_id
+        run_dir.mkdir(parents=True)
+        summary = {"test_acc": value, "data": {"sizes": [90, 10, 100]}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        store.start_run(run_id, name, {}, group_id=group, member=member, run_dir=run_dir)
         store.finish_run(run_id, "finished", {"test_acc": value})
 
 

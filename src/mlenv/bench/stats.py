@@ -114,9 +114,9 @@ def corrected_resampled_t(
 ) -> TestResult:
     """Nadeau and Bengio's (2003) corrected resampled t-test for the J paired scores of
     (repeated) cross-validation: t = mean(d) / sqrt((1/J + n_test/n_train) var(d)), J - 1 df.
-    The term n_test/n_train (1/(k-1) for k folds) accounts for the training rows the folds
-    share, which make their scores correlated; without it (the plain paired t-test) the test
-    rejects far too often.
+    The term n_test/n_train (about 1/(k-1) for k folds; more when the validation rows come out
+    of the training folds) accounts for the training rows the folds share, which make their
+    scores correlated; without it (the plain paired t-test) the test rejects far too often.
 
     >>> d = corrected_resampled_t([3.0, 5.0, 7.0], [1.0, 2.0, 3.0], 0.5)  # d = 2, 3, 4
     >>> round(d.statistic, 4)  # 3 / sqrt((1/3 + 1/2) * 1)
