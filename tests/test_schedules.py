@@ -138,3 +138,77 @@ def test_plot_schedule_draws_the_curve(tmp_path):
     )
     assert len(rates) == 60 and rates[6] == pytest.approx(LR)
     assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cosine_with_warmup_and_min_lr_at_hand_computed_steps():
+    # 6 steps: 2 of warm-up from 0.1 x lr (min_lr plays no part there), then a cosine over the 4
+    # steps left from lr down to min_lr; the rates read from the optimizer as each step trains
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    config = TrainConfig(lr=0.1, epochs=1, scheduler="cosine", warmup_steps=2, min_lr=0.01)
+    schedule = LRSchedule(opt, config, 6)
+    rates = []
+    for _ in range(7):
+        rates.append(opt.param_groups[0]["lr"])
+        schedule.step()
+    c = math.cos(math.pi / 4)
+    expected = [0.01, 0.055, 0.1, 0.01 + 0.045 * (1 + c), 0.055, 0.01 + 0.045 * (1 - c), 0.01]
+    assert rates == pytest.approx(expected, rel=1e-12)
+
+
+def test_step_schedule_at_hand_computed_epochs():
+    # 10 steps an epoch, step_size 2, gamma 0.5: epochs 1-2 at lr, 3-4 at lr/2, 5-6 at lr/4
+    rates = ours(scheduler="step", step_size=2, gamma=0.5)
+    assert rates[0] == rates[19] == pytest.approx(LR)
+    assert rates[20] == rates[39] == pytest.approx(LR / 2)
+    assert rates[40] == rates[59] == pytest.approx(LR / 4)
+
+
+def test_plateau_in_max_mode_matches_torch():
+    metrics = [0.5, 0.6, 0.6, 0.6, 0.7, 0.69, 0.7, 0.7, 0.71, 0.65]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    config = TrainConfig(
+        lr=LR, scheduler="plateau", plateau_patience=1, gamma=0.5, monitor="val_acc"
+    )
+    mine = LRSchedule(opt, config, 10)
+    ref_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    ref = S.ReduceLROnPlateau(ref_opt, mode="max", factor=0.5, patience=1)
+    for value in metrics:
+        mine.epoch_end(value)
+        ref.step(value)
+        assert math.isclose(opt.param_groups[0]["lr"], ref_opt.param_groups[0]["lr"])
+    assert opt.param_groups[0]["lr"] == pytest.approx(LR / 4)  # it reduced twice
+
+
+def test_plateau_threshold_is_relative_to_the_size_of_a_negative_best():
+    # a negative loss (a log-density) must fall by 1e-4 of |best| to count: -1.0002 beats -1,
+    # -1.00025 and -1.00029 do not beat -1.0002 (torch's rule, best * (1 - 1e-4), would call
+    # each of them a gain, and -0.99995 too)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    schedule = LRSchedule(
+        opt, TrainConfig(lr=LR, scheduler="plateau", plateau_patience=1, gamma=0.5), 10
+    )
+    for value in (-1.0, -1.0002, -1.00025):
+        schedule.epoch_end(value)
+    assert opt.param_groups[0]["lr"] == pytest.approx(LR)
+    schedule.epoch_end(-1.00029)  # the second epoch without a gain: reduced
+    assert opt.param_groups[0]["lr"] == pytest.approx(LR / 2)
+    assert schedule.plateau_best == -1.0002
+
+
+def test_plateau_state_round_trips_with_its_reductions():
+    def schedule():
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+        config = TrainConfig(lr=LR, scheduler="plateau", plateau_patience=1, gamma=0.5)
+        return opt, LRSchedule(opt, config, 10)
+
+    opt_a, a = schedule()
+    for value in (1.0, 1.0, 1.0, 0.9, 0.95):  # one reduction, then one bad epoch
+        a.epoch_end(value)
+    opt_b, b = schedule()
+    b.load_state_dict(a.state_dict())
+    assert opt_b.param_groups[0]["lr"] == pytest.approx(LR / 2)
+    for value in (0.96, 0.97):  # the second bad epoch in a row reduces again, for both
+        a.epoch_end(value)
+        b.epoch_end(value)
+        assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"]
+    assert opt_b.param_groups[0]["lr"] == pytest.approx(LR / 4)

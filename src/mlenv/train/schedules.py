@@ -11,6 +11,7 @@ torch's ReduceLROnPlateau rules (relative threshold 1e-4, no cooldown).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -141,14 +142,39 @@ class LRSchedule:
             "plateau_factor": self.plateau_factor,
             "plateau_best": self.plateau_best,
             "plateau_bad_epochs": self.plateau_bad_epochs,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "warmup_steps": self.warmup_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a saved position; refused (ConfigError) when this schedule's rates differ from
+        the saved one's on the steps both have (a resume with other ``epochs`` or
+        ``limit_batches`` changes a cosine's, linear's or onecycle's whole curve)."""
+        self._check_layout(state)
         self.step_count = state["step_count"]
         self.plateau_factor = state["plateau_factor"]
         self.plateau_best = state["plateau_best"]
         self.plateau_bad_epochs = state["plateau_bad_epochs"]
         self._apply()
+
+    def _check_layout(self, state: dict[str, Any]) -> None:
+        if "total_steps" not in state:  # saved before the layout was kept
+            return
+        saved = copy.copy(self)
+        saved.total_steps = state["total_steps"]
+        saved.steps_per_epoch = state["steps_per_epoch"]
+        saved.warmup_steps = state["warmup_steps"]
+        for step in range(min(saved.total_steps, self.total_steps)):
+            before, now = saved.lr_at(step), self.lr_at(step)
+            if not math.isclose(before, now, rel_tol=1e-12, abs_tol=1e-15):
+                raise ConfigError(
+                    f"resume: the {self.kind} schedule was laid out over {saved.total_steps} "
+                    f"optimizer steps ({saved.steps_per_epoch} an epoch) and would now be over "
+                    f"{self.total_steps} ({self.steps_per_epoch} an epoch): the rate of step "
+                    f"{step + 1} would change from {before:.6g} to {now:.6g}; resume with the "
+                    "epochs and limit_batches it started with, or start a new run"
+                )
 
 
 def _cosine(step: int, total: int) -> float:
