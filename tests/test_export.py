@@ -19,7 +19,11 @@ CLIP = {
     "norm": ["--grad-clip", "0.1"],
     "value": ["--grad-clip", "0.01", "--grad-clip-mode", "value"],
 }
-RUNS = {**CLIP, "bf16": [*CLIP["norm"], "--precision", "bf16"]}
+RUNS = {
+    **CLIP,
+    "bf16": [*CLIP["norm"], "--precision", "bf16"],
+    "dropout": [*CLIP["norm"], "--dropout", "0.5"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -270,12 +274,27 @@ def test_parity_reads_a_subset_as_npz(golden, tmp_path, capsys):
     assert main(["parity", str(golden), str(other), "--atol", "1e-3"]) == 1
 
 
-def test_onnx_round_trip(run_dir, tmp_path):
+def test_golden_vectors_are_computed_with_dropout_off(trained):
+    folder = trained("dropout")[1]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    order = manifest["activations"]["order"]
+    assert order[:4] == ["net.0", "net.1", "net.2", "net.3"]  # Linear, ReLU, Dropout, Linear
+    acts = read(folder, "activations")
+    np.testing.assert_array_equal(acts["net.2"], acts["net.1"])  # dropout is the identity
+    batch = read(folder, "inputs")
+    x, y = batch["x"].astype(np.float64), batch["y"].astype(np.float64)
+    mine, loss, _ = forward_backward(read(folder, "weights"), x, y, order)
+    assert largest({k: acts[k] for k in mine}, mine) < 1e-5
+    assert abs(json.loads((folder / "loss.json").read_text())["loss"] - loss) < 1e-6
+
+
+def test_onnx_round_trip(trained, tmp_path):
     import onnx
 
     from mlenv.export.onnx_export import export_onnx
 
     path = tmp_path / "model.onnx"
-    difference = export_onnx(str(run_dir), path)
+    # the model with dropout: exported and compared in eval mode, where both are deterministic
+    difference = export_onnx(str(trained("dropout")[0]), path)
     assert difference <= 1e-5
     onnx.checker.check_model(onnx.load(str(path)))
