@@ -161,6 +161,7 @@ def test_mcnemar_exact_from_a_two_by_two_table_by_binomial_sums():
     r = stats.mcnemar(a, b)
     assert r.p_value == pytest.approx(2 * (1 + 11 + 55) / 2048, rel=1e-12)
     assert r.statistic == 2
+    assert r.effect == pytest.approx(9 / 2, rel=1e-12)  # a-only over b-only
     assert stats.mcnemar([True, False], [True, False]).p_value == 1.0
 
 
@@ -226,6 +227,24 @@ def test_bootstrap_of_constant_differences_is_that_difference():
         pytest.approx(0.1),
         pytest.approx(0.1),
     )
+
+
+def test_paired_bootstrap_percentiles_from_the_exact_resampling_distribution():
+    # differences 0, 0, 3: a resample's mean is 3k/3 = k with k ~ Binomial(3, 1/3) threes,
+    # P(k) = 8/27, 12/27, 6/27, 1/27 (cumulative .296, .741, .963, 1). The 2.5% point is 0 and
+    # the 97.5% point 3; at 80% the 10% point is 0 and the 90% point 2.
+    a, b = [1.0, 2.0, 5.0], [1.0, 2.0, 2.0]
+    assert stats.bootstrap_diff_ci(a, b, paired=True) == (0.0, 3.0)
+    assert stats.bootstrap_diff_ci(a, b, paired=True, confidence=0.8) == (0.0, 2.0)
+
+
+def test_a_zero_standard_error_gives_t_zero_or_infinite():
+    same = stats.paired_t([0.8, 0.9, 0.7], [0.8, 0.9, 0.7])  # every difference 0
+    assert (same.statistic, same.p_value) == (0.0, 1.0)
+    shifted = stats.paired_t([1.5, 2.5, 3.5], [1.0, 2.0, 3.0])  # every difference 0.5 exactly
+    assert shifted.statistic == math.inf and shifted.p_value == 0.0
+    lower = stats.corrected_resampled_t([0.5, 0.75], [1.0, 1.25], 0.25)
+    assert lower.statistic == -math.inf and lower.p_value == 0.0
 
 
 def test_bootstrap_interval_covers_the_true_difference_near_the_nominal_rate():
@@ -331,6 +350,7 @@ def test_compare_repeat_groups_uses_the_paired_t_test(tmp_path, capsys):
     assert "test: paired t-test, because each seed gives one independent pair of runs" in out
     assert "paired t-test: t(9) = 4.0621, p = 0.002833" in out
     assert "paired by seed (n=10)" in out
+    assert "the difference is significant (paired t-test, p = 0.002833): drug2 has a higher" in out
     assert r["interval"] == ("bootstrap", stats.bootstrap_diff_ci(SLEEP_2, SLEEP_1, paired=True))
 
 
@@ -373,9 +393,10 @@ def test_compare_5x2cv_groups_uses_dietterichs_test_and_shows_the_corrected_one(
     p = [[0.02, 0.04], [0.01, 0.03], [0.03, 0.03], [0.00, 0.02], [0.05, 0.01]]
     plan = {"folds": 2, "repeats": 5}
     sizes = {"train": 80, "val": 20, "test": 100}  # as the tabular data sets record them
-    a = cv_members([0.9 + d for row in p for d in row], 2, 5)
+    a = cv_members([s + d for row in p for s, d in zip((0.9, 0.8), row, strict=True)], 2, 5)
     add_group(store, "a", "cv", a, plan, sizes=sizes)
-    add_group(store, "b", "cv", cv_members([0.9] * 10, 2, 5), plan, sizes=sizes)
+    # b's scores differ by fold, so pairing fold 0 of one with fold 1 of the other would show
+    add_group(store, "b", "cv", cv_members([0.9, 0.8] * 5, 2, 5), plan, sizes=sizes)
     (r,) = compare_groups(store, ["a", "b"], "test_acc")
     out = capsys.readouterr().out
     t = 0.02 / math.sqrt((0.0002 + 0.0002 + 0 + 0.0002 + 0.0008) / 5)  # as in the test above
@@ -433,12 +454,22 @@ def test_compare_refuses_a_group_of_one_run(tmp_path):
     group = add_group(store, "solo", "repeat", seeds([0.8]))
     store.start_run("solo-failed", "solo", {}, group_id=group, member="seed=1")
     store.finish_run("solo-failed", "failed")
+    store.start_run("solo-running", "solo", {}, group_id=group, member="seed=2")  # not finished
     with pytest.raises(ConfigError) as err:
         compare_groups(store, ["full", "solo"], "test_acc")
     message = str(err.value)
     assert message == (
         "compare: group 'solo' has n=1 finished runs with 'test_acc'; a comparison needs at "
         "least 2 per group"
+    )
+    group = add_group(store, "partial", "repeat", seeds([0.8, 0.9]))
+    store.start_run("partial-x", "partial", {}, group_id=group, member="seed=2")
+    store.finish_run("partial-x", "finished", {"test_loss": 0.5})  # finished without test_acc
+    with pytest.raises(ConfigError) as err:
+        compare_groups(store, ["full", "partial"], "test_acc")
+    assert str(err.value) == (
+        "compare: group 'partial' has no metric 'test_acc' in its runs seed=2; "
+        "metrics: test_acc, test_loss"
     )
 
 
@@ -466,10 +497,13 @@ def test_compare_refuses_cv_groups_with_other_folds_or_other_split_seeds(tmp_pat
     add_group(store, "k3", "cv", cv_members([0.8, 0.81, 0.82], 3, 1), plan3, {"seed": 0})
     add_group(store, "k5", "cv", cv_members([0.8, 0.81, 0.82, 0.8, 0.8], 5, 1), plan5)
     add_group(store, "k3s1", "cv", cv_members([0.7, 0.71, 0.72], 3, 1), plan3, {"seed": 1})
+    add_group(store, "k4", "cv", cv_members([0.8, 0.81, 0.82, 0.8], 4, 1))  # folds from names
     with pytest.raises(ConfigError, match="'k3' has 3 folds x 1 repeats and 'k5' 5 folds x 1"):
         compare_groups(store, ["k3", "k5"], "test_acc")
     with pytest.raises(ConfigError, match="drawn with --seed 0 and those of 'k3s1' with --seed 1"):
         compare_groups(store, ["k3", "k3s1"], "test_acc")
+    with pytest.raises(ConfigError, match="'k3' has 3 folds x 1 repeats and 'k4' 4 folds x None"):
+        compare_groups(store, ["k3", "k4"], "test_acc")
 
 
 def test_compare_unpaired_uses_welch_and_mann_whitney(tmp_path, capsys):
@@ -521,3 +555,47 @@ def test_compare_prints_and_decides_on_the_holm_adjusted_p_values(tmp_path, caps
         f"{holm_sleep:.4g}): the data do not show that drug2 and drug1 differ" in sections[1]
     )
     assert f"paired t-test: t(9) = 4.0621, p = {p_sleep:.4g}\n" in sections[1]
+
+
+def test_compare_runs_mcnemar_on_the_test_rows_both_groups_predicted(tmp_path, capsys):
+    store = Store(tmp_path / "mlenv.db")
+    add_group(store, "a", "repeat", seeds(SLEEP_2), sizes=[1, 1, 46])
+    add_group(store, "b", "repeat", seeds(SLEEP_1), sizes=[1, 1, 46])
+    # the table of the McNemar test above: 30 both right, 9 only a, 2 only b, 5 both wrong
+    labels = [1] * 46
+    right_a = [True] * 39 + [False] * 7
+    right_b = [True] * 30 + [False] * 9 + [True] * 2 + [False] * 5
+    for name, right in (("a", right_a), ("b", right_b)):
+        for folder in (tmp_path / name).iterdir():
+            rows = [f"{y},{y if ok else 1 - y}" for y, ok in zip(labels, right, strict=True)]
+            (folder / "test_predictions.csv").write_text("label,predicted\n" + "\n".join(rows))
+    (r,) = compare_groups(store, ["a", "b"], "test_acc")
+    p = 2 * (1 + 11 + 55) / 2048
+    assert r["mcnemar"].p_value == pytest.approx(p, rel=1e-12)
+    assert r["mcnemar"].effect == pytest.approx(9 / 2, rel=1e-12)  # a-only / b-only, a first
+    assert f"McNemar (exact) on the same test rows: p = {p:.4g}\n" in capsys.readouterr().out
+
+
+def test_group_table_shows_each_metric_with_its_t_interval():
+    from mlenv.bench.experiments import group_table
+
+    values = [0.81, 0.84, 0.83, 0.80, 0.82]  # as in test_mean_ci_by_hand: mean 0.82
+    half = 2.776 * math.sqrt(0.001 / 4) / math.sqrt(5)  # 0.01963
+    results = [(f"seed={i}", {"test_acc": v, "val_loss": 1 - v}) for i, v in enumerate(values)]
+    lines = group_table(results).splitlines()
+    assert lines[0].split() == ["member", "test_acc", "val_loss"]
+    assert lines[1].split() == ["seed=0", "0.8100", "0.1900"]
+    table = {line[:22].strip(): line[22:].split() for line in lines[6:]}
+    assert table["mean"] == ["0.8200", "0.1800"]
+    assert table["95% CI low"][0] == f"{0.82 - half:.4f}" == "0.8004"
+    assert table["95% CI high"][0] == f"{0.82 + half:.4f}" == "0.8396"
+
+
+def test_cross_validate_refuses_fewer_than_two_folds_before_running():
+    from mlenv.bench.experiments import cross_validate
+    from mlenv.config import load_recipe
+
+    with pytest.raises(ConfigError, match=r"cv: needs --folds >= 2 and --repeats >= 1, got 1, 1"):
+        cross_validate(load_recipe("digits-mlp"), 1, 1, [], None)
+    with pytest.raises(ConfigError, match=r"got 3, 0"):
+        cross_validate(load_recipe("digits-mlp"), 3, 0, [], None)
