@@ -71,3 +71,15 @@ def test_metrics_csv_keeps_every_column_with_eight_digits(tmp_path):
         {"epoch": "1", "val_loss": "0.12345679", "lr": ""},
         {"epoch": "2", "val_loss": "", "lr": "0.001"},
     ]
+
+
+def test_terminal_tables_show_small_values_in_scientific_notation():
+    from mlenv.track.report import format_summary, format_table
+
+    rows = [{"epoch": 1, "lr": 3e-5, "val_loss": 0.123456, "seconds": 2.0, "note": None}]
+    assert format_table(rows).splitlines() == [
+        "epoch        lr  val_loss  note",
+        "-----  --------  --------  ----",
+        "    1  3.00e-05    0.1235      ",
+    ]
+    assert format_summary({"test_acc": 0.5, "lr": 0.0}) == "test_acc  0.5000\nlr        0.0000"
