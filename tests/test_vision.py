@@ -21,7 +21,13 @@ from torch import nn
 
 from mlenv.config import TrainConfig, load_recipe, resolve
 from mlenv.data import DATASETS, vision
-from mlenv.data.augment import mix_batch, mixed_targets, random_crop, random_flip
+from mlenv.data.augment import (
+    augment_images,
+    mix_batch,
+    mixed_targets,
+    random_crop,
+    random_flip,
+)
 from mlenv.data.vision import (
     CIFAR10_FILES,
     CIFAR10_FOLDER,
@@ -273,6 +279,30 @@ def test_validation_images_come_from_the_training_images(tmp_path: Path) -> None
         DATASETS.create("cifar10", root=str(tmp_path / "r"), limit=0)
 
 
+def test_the_validation_carve_is_set_by_the_seed(tmp_path: Path, mnist_root: Path) -> None:
+    cifar_folder(tmp_path / "r" / "CIFAR10", per_file=4)
+
+    def carve(name: str, root: Path, seed: int) -> list[int]:
+        torch.manual_seed(seed + 100)  # the global generator moves: the carve must not follow it
+        b = DATASETS.create(name, root=str(root), val_size=0.25, seed=seed, limit=20)
+        return b.val[1].tolist() if name == "cifar10" else b.val[0].flatten(1).sum(1).tolist()
+
+    first = carve("cifar10", tmp_path / "r", 0)
+    assert carve("cifar10", tmp_path / "r", 0) == first
+    assert carve("cifar10", tmp_path / "r", 1) != first
+    # MNIST has its own carve (another seed differs: test_vision_data.py)
+    assert carve("mnist", mnist_root, 0) == carve("mnist", mnist_root, 0)
+
+
+def test_a_fashion_mnist_label_above_9_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    fashion_files(raw)
+    labels = np.array([1, 10, 2, 3, 4, 5], np.uint8)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: label 10 is not in 0\.\.9"):
+        load_fashion_mnist_uint8(tmp_path / "root", "test")
+
+
 # ---------------------------------------------------------------------------------------------
 # Augmentation on the device.
 
@@ -340,6 +370,32 @@ def test_cutmix_pastes_a_box_whose_area_is_one_minus_lambda() -> None:
         assert pasted + kept == 256
         assert pasted == pytest.approx((1 - lam) * 256)
     assert lam < 1
+
+
+def test_flip_probability_is_one_half_and_crop_flip_does_both() -> None:
+    torch.manual_seed(0)
+    x = torch.tensor([[[[1.0, 2.0]]]]).repeat(2000, 1, 1, 1)  # (2000, 1, 1, 2)
+    flipped = int((random_flip(x)[:, 0, 0, 0] == 2.0).sum())
+    assert 900 < flipped < 1100  # Binomial(2000, 1/2): sd 22
+    images = distinct_images(32)
+    out = augment_images(images, "crop-flip", 2)
+    moved = [
+        not torch.equal(o, i) and not torch.equal(o, i.flip(2))
+        for o, i in zip(out, images, strict=True)
+    ]
+    assert sum(moved) > 16  # cropped (a shift of 0 in both ways is 1 in 25)
+    assert torch.equal(augment_images(images, "none", 2), images)
+
+
+def test_with_mixup_and_cutmix_each_batch_gets_one_of_them() -> None:
+    torch.manual_seed(0)
+    x = distinct_images(8, 1, 8, 8)
+    kinds = []
+    for _ in range(40):
+        mixed, perm, _ = mix_batch(x, mixup=0.4, cutmix=1.0)
+        exact = bool(((mixed == x) | (mixed == x[perm])).all())  # CutMix copies pixels
+        kinds.append("cutmix" if exact else "mixup")
+    assert 10 <= kinds.count("cutmix") <= 30  # one or the other with probability 1/2
 
 
 class Flat(nn.Module):
