@@ -212,3 +212,11 @@ def test_plateau_state_round_trips_with_its_reductions():
         b.epoch_end(value)
         assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"]
     assert opt_b.param_groups[0]["lr"] == pytest.approx(LR / 4)
+
+
+def test_default_gammas():
+    # step: x0.1 every step_size epochs; exponential: x0.95 an epoch (10 steps an epoch)
+    step = ours(scheduler="step", step_size=1)
+    assert step[9] == pytest.approx(LR) and step[10] == pytest.approx(LR * 0.1)
+    exponential = ours(scheduler="exponential")
+    assert exponential[20] == pytest.approx(LR * 0.95**2)

@@ -440,3 +440,67 @@ def test_a_resume_that_would_change_the_schedules_curve_is_refused(tmp_path):
     resumed = trainer(tmp_path / "constant", 3, "constant")
     resumed.fit((x, y))
     assert resumed.resumed_at["global_step"] == 10 and resumed.global_step == 15
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-pass binary metrics
+
+
+def test_binary_metrics_by_hand():
+    import numpy as np
+
+    from mlenv.train.metrics import binary_metrics
+
+    p = np.array([0.9, 0.2, 0.6, 0.4, 0.5, 0.7, 0.1])
+    t = np.array([1, 0, 0, 1, 0, 1, 1])
+    m = binary_metrics(p, t)
+    # at 0.5 (strictly above is positive): TP 0.9, 0.7; FP 0.6; FN 0.4, 0.1; TN 0.2, 0.5
+    assert m["acc"] == pytest.approx(4 / 7)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 4)
+    assert m["f1"] == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
+    # AUC: of the 4 x 3 (positive, negative) pairs, 7 rank the positive higher
+    assert m["auc"] == pytest.approx(7 / 12)
+    logs = [math.log(v) for v in (0.9, 0.4, 0.7, 0.1)] + [math.log(v) for v in (0.8, 0.4, 0.5)]
+    assert m["log_loss"] == pytest.approx(-sum(logs) / 7)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step checkpoints; the callbacks' own state
+
+
+def test_step_checkpoints_fall_on_every_nth_optimizer_step(tmp_path):
+    class Saves(Regression):
+        def save(self, name="last"):
+            self.saved_at = [*getattr(self, "saved_at", []), self.global_step]
+            return super().save(name)
+
+    x, y = make_data()  # 5 steps an epoch, 2 epochs
+    config = TrainConfig(
+        epochs=2, batch_size=8, save_every_steps=4, save_every=100, monitor="train_loss", **QUIET
+    )
+    trainer = Saves(config, model=make_model(), run=RecordingRun(tmp_path / "run"))
+    trainer.fit((x, y))
+    # steps 4 and 8, then the last epoch's end (10); top-k (val-less: train_loss) adds epoch 1
+    assert [s for s in trainer.saved_at if s % 5] == [4, 8]
+    assert trainer.saved_at[-1] == 10
+
+
+def test_top_k_never_keeps_a_nonfinite_metric(tmp_path):
+    from mlenv.train.callbacks import TopKCheckpoints
+
+    top = TopKCheckpoints(tmp_path, k=2, monitor="val_auc", mode="max")
+    assert top.offer(1, 0.7, b"1") is True
+    assert top.offer(2, float("nan"), b"2") is False
+    assert top.kept == [(0.7, "epoch=0001-val_auc=0.7.pt")]
+    assert (tmp_path / "best.pt").read_bytes() == b"1"
+
+
+def test_early_stopping_state_round_trips_its_bad_epochs():
+    from mlenv.train.callbacks import EarlyStopping
+
+    first = EarlyStopping(patience=2, mode="min")
+    assert [first.update(v) for v in (1.0, 1.1)] == [None, None]  # one bad epoch so far
+    second = EarlyStopping(patience=2, mode="min")
+    second.load_state_dict(first.state_dict())
+    assert second.update(1.2) == "no improvement in val_loss for 2 epochs (best 1 at epoch 1)"
