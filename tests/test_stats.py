@@ -14,6 +14,7 @@ import pytest
 
 from mlenv.bench import stats
 from mlenv.bench.experiments import compare_groups, parse_seeds, repeat
+from mlenv.cli import main
 from mlenv.errors import ConfigError
 from mlenv.track.store import Store
 
@@ -555,6 +556,10 @@ def test_compare_prints_and_decides_on_the_holm_adjusted_p_values(tmp_path, caps
         f"{holm_sleep:.4g}): the data do not show that drug2 and drug1 differ" in sections[1]
     )
     assert f"paired t-test: t(9) = 4.0621, p = {p_sleep:.4g}\n" in sections[1]
+    # the command passes --alpha and prints the same
+    argv = ["compare", "drug2", "drug1", "near", "--store", str(tmp_path / "mlenv.db")]
+    assert main([*argv, "--alpha", "0.005"]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_compare_runs_mcnemar_on_the_test_rows_both_groups_predicted(tmp_path, capsys):

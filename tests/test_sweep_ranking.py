@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from mlenv.bench import sweep as sweeps
+from mlenv.cli import main
 from mlenv.errors import ConfigError
 
 LR = FloatDistribution(1e-4, 1e-1, log=True)
@@ -88,6 +89,18 @@ def test_sweep_show_ranks_complete_trials_best_first_and_leaves_pruned_ones_out(
     every = sweeps.best_trials(optuna.load_study(study_name=name, storage=storage_url), 9)
     best_first = sorted(values, reverse=order == "highest")
     assert [t.value for t in every] == best_first
+
+
+def test_sweep_show_command_passes_top_and_writes_the_plots(storage_url, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert (
+        main(["sweep", "show", "max", "--storage", storage_url, "--top", "2", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "best 2 trials (highest first):" in printed
+    assert sorted(p.name for p in out.iterdir()) == sorted(sweeps.PLOTS)
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in out.iterdir())
 
 
 def test_sweep_show_with_one_complete_trial_or_none(storage_url, capsys):
