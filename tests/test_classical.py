@@ -190,3 +190,18 @@ def test_mixture_means_init_alone_is_used_and_one_d_input_is_one_feature():
     np.testing.assert_allclose(one_d.covariances_, [[[1.25 + 1e-6]]], rtol=1e-12)
     as_many = GaussianMixture(2).fit([[0.0], [1.0]])  # as many samples as components is enough
     np.testing.assert_allclose(sorted(as_many.means_.ravel()), [0.0, 1.0], atol=1e-12)
+
+
+def test_mixture_settings_and_initial_values_of_the_wrong_shape_are_clear_errors():
+    X = two_clusters()
+    for kwargs, message in (
+        ({"max_iter": 0}, "max_iter: accepts an integer >= 1, got 0"),
+        ({"tol": -1.0}, "tol: accepts a number >= 0, got -1.0"),
+        ({"tol": float("nan")}, "tol: accepts a number >= 0, got nan"),
+        ({"means_init": [[0.0], [1.0], [2.0]]}, "means_init: expected shape (2, 1) for 2 comp"),
+        ({"weights_init": [1.0]}, "weights_init: expected shape (2,) for 2 components"),
+        ({"covariances_init": [[[1.0]]]}, "covariances_init: expected shape (2, 1, 1)"),
+    ):
+        with pytest.raises(ValueError) as caught:
+            GaussianMixture(2, **kwargs).fit(X)
+        assert message in str(caught.value), (kwargs, str(caught.value))

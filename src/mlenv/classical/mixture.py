@@ -103,6 +103,19 @@ class GaussianMixture:
             )
         if self.reg_covar < 0:
             raise ValueError(f"reg_covar: accepts a number >= 0, got {self.reg_covar}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter: accepts an integer >= 1, got {self.max_iter!r}")
+        if not self.tol >= 0:  # also NaN: a stopping rule that never holds
+            raise ValueError(f"tol: accepts a number >= 0, got {self.tol}")
+        k, d = self.n_components, X.shape[1]
+        shapes = {"weights_init": (k,), "means_init": (k, d), "covariances_init": (k, d, d)}
+        for name, shape in shapes.items():
+            given = getattr(self, name)
+            if given is not None and np.size(given) != np.prod(shape):
+                raise ValueError(
+                    f"{name}: expected shape {shape} for {k} components and {d} features, "
+                    f"got {np.shape(given)}"
+                )
         if self.init not in ("kmeans", "random", "points"):
             raise ValueError(f"init: accepts 'kmeans', 'random' or 'points', got {self.init!r}")
 
