@@ -297,6 +297,11 @@ def test_cv_runs_folds_as_a_group(tmp_path, capsys):
         for r in runs
     ]
     assert all(0.5 < s <= 1 for s in sizes)
+    # compare reads each fold's real rows from its run: 1797 digits, 3 folds -> 599 tested;
+    # the validation rows (0.1 of all: 0.15 of the other 1198, 180 rounded up) leave 1018
+    capsys.readouterr()
+    assert main(["compare", "cv3", "cv3", "--store", str(tmp_path / "mlenv.db")]) == 0
+    assert "n_test/n_train = 599/1018 = 0.5884" in capsys.readouterr().out
 
 
 def test_trackers_say_how_to_install(tmp_path, capsys):
