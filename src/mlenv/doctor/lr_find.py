@@ -74,7 +74,7 @@ def lr_range_test(
     optimizer = probe.optimizer(start)
     lrs: list[float] = []
     losses: list[float] = []
-    average, best = 0.0, math.inf
+    average, best, best_at = 0.0, math.inf, 0
     stop_reason = f"reached --end-lr {end:g}"
     epoch, iterator = 0, iter(batches)
     for i in range(steps):
@@ -97,7 +97,8 @@ def lr_range_test(
         smooth = average / (1 - SMOOTHING ** (i + 1))
         lrs.append(lr)
         losses.append(loss)
-        best = min(best, smooth)
+        if smooth < best:
+            best, best_at = smooth, i
         if i > steps // 10 and smooth > DIVERGE * best:
             stop_reason = f"the smoothed loss passed {DIVERGE:g}x its minimum at lr {lr:.3g}"
             break
@@ -109,8 +110,11 @@ def lr_range_test(
             f"lr-find: the loss blew up within {len(lrs)} steps ({stop_reason}); give a lower "
             "--start-lr"
         )
-    # the blow-up at the end would leak backwards into the smoothed curve: cap it first
-    smoothed = zero_phase_average([min(v, DIVERGE * best) for v in losses])
+    # the blow-up after the minimum would leak backwards into the smoothed curve: cap it first
+    # (only after the minimum: a loss that falls more than DIVERGE-fold keeps its fall)
+    cap = min(DIVERGE * best, max(losses[: best_at + 1]))
+    capped = losses[: best_at + 1] + [min(v, cap) for v in losses[best_at + 1 :]]
+    smoothed = zero_phase_average(capped)
     suggestion, min_lr = suggest_lr(lrs, smoothed)
     return LRFindResult(lrs, losses, smoothed, suggestion, min_lr, stop_reason)
 

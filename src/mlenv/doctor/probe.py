@@ -33,14 +33,18 @@ class Probe:
         a graph: what a task's predictions may have transformed."""
         from mlenv.train.tasks import split_batch
 
-        with torch.no_grad():
-            return self.model(split_batch(self.batch)[0])
+        x = split_batch(self.batch)[0]
+        with torch.no_grad():  # uint8 images become the floats the model takes, as in training
+            return self.model(self.trainer.task.model_inputs(x))
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """The run's optimizer (its kind, momentum, weight decay) at ``lr``."""
-        trainer = self.trainer
-        trainer.config = dataclasses.replace(trainer.config, lr=lr)
-        return trainer.configure_optimizer()
+        """The run's optimizer (its kind, momentum, weight decay) at ``lr``. The lr is set on
+        the optimizer's groups, not on the config: a config with ``lr`` below the run's
+        ``min_lr`` (the range test's 1e-7 start) is refused by its validation."""
+        optimizer = self.trainer.configure_optimizer()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return optimizer
 
 
 def first_batch(data: Any, batch_size: int, seed: int) -> Any:
