@@ -22,6 +22,7 @@ import torch
 from mlenv.cli import main
 from mlenv.data.batching import DatasetBatches, TensorBatches, epoch_permutation
 from mlenv.errors import ConfigError
+from mlenv.runtime import distributed
 from mlenv.runtime.distributed import check_devices
 from mlenv.train.parallel import ShardedBatches, merge_gathered, shard_of
 
@@ -499,6 +500,9 @@ def _masked_lm_process(rank: int, store_path: str, out: str) -> None:
         result = _train_masked_lm()
         if rank == 0:
             torch.save(result, out)
+        w = distributed.world()  # LOCAL_* unset: one machine, the whole group on it
+        place = [w.rank, w.size, w.local_rank, w.local_size, distributed.is_main_process()]
+        torch.save(place, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -522,3 +526,5 @@ def test_masked_lm_in_two_processes_trains_and_scores_as_one(tmp_path):
     (a,), (b,) = one["history"], two["history"]
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    places = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    assert places == [[0, 2, 0, 2, True], [1, 2, 1, 2, False]]

@@ -266,3 +266,21 @@ def test_a_single_process_is_rank_zero_of_one():
     assert distributed.all_gather_object({"a": 1}) == [{"a": 1}]
     assert distributed.broadcast_object(3) == 3
     assert np.array_equal(distributed.all_reduce_sum(torch.ones(2)).numpy(), [1.0, 1.0])
+
+
+# ---------------------------------------------------------------- vae, hvae
+
+
+def test_vae_and_hvae_predict_the_mean_image_sigmoid_of_the_logits():
+    from mlenv.models import create_model
+    from mlenv.train.tasks import HVAETask, VAETask
+
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    vae = create_model("vae", seed=0, in_features=6, hidden=4, latent=2).eval()
+    hvae = create_model("hvae", seed=0, in_features=6, hidden=4, latent=2).eval()
+    with torch.no_grad():  # eval mode: the latent means, so both calls see the same logits
+        for task, model, logits in (
+            (VAETask(), vae, vae(x)[0]),
+            (HVAETask(), hvae, hvae(x).logits),
+        ):
+            assert torch.allclose(task.inference(model, (x,)), 1 / (1 + torch.exp(-logits)))
