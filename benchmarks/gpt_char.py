@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, median
 from mlenv.config import TrainConfig
-from mlenv.data.text import RandomBlocks, text_lm, tokenizer_from_state
+from mlenv.data.text import FixedBlocks, RandomBlocks, text_lm, tokenizer_from_state
 from mlenv.models import create_model
 from mlenv.train.checkpoint import atomic_write_bytes
 from mlenv.train.tasks import LanguageModelTask
@@ -221,7 +221,7 @@ class MlenvRun:
             "gpt", seed=1337, vocab_size=vocab, block_size=BLOCK, variant="2020"
         )
         self.train = RandomBlocks(bundle.train.ids, BLOCK, block_iters, seed=0)
-        self.val = RandomBlocks(bundle.val.ids, BLOCK, eval_iters, seed=0, fixed=True)
+        self.val = FixedBlocks(bundle.val.ids, BLOCK, eval_iters * BATCH, seed=0)
         config = mlenv_config(compile, epochs=max(1, total // block_iters))
         self.trainer = Trainer(config, self.model, task=LanguageModelTask())
         self.trainer.prepare(self.train, self.val)  # optimizer and schedule for the whole run
@@ -242,7 +242,7 @@ class MlenvRun:
 @torch.no_grad()
 def val_loss(forward, val_ids: torch.Tensor, batches: int = 200) -> float:
     """Mean cross-entropy over the same ``batches`` random validation batches for any model."""
-    blocks = RandomBlocks(val_ids, BLOCK, batches, batch_size=BATCH, seed=2024, fixed=True)
+    blocks = FixedBlocks(val_ids, BLOCK, batches * BATCH, batch_size=BATCH, seed=2024)
     losses = [F.cross_entropy(forward(x).flatten(0, 1), y.flatten()).item() for x, y in blocks]
     return sum(losses) / len(losses)
 

@@ -161,7 +161,7 @@ def bigram_loss(train: torch.Tensor, val: torch.Tensor, vocab: int) -> float:
 TRAIN_FLAGS = [
     "--max-chars", "200000", "--block-size", "32", "--n-layer", "1", "--n-embd", "64",
     "--batch-size", "32", "--lr", "1e-2", "--warmup-steps", "20",
-    "--epochs", "3", "--eval-interval", "100", "--eval-iters", "10",
+    "--epochs", "3", "--eval-interval", "100", "--val-blocks", "320",
     "--seed", "0", "--progress", "false",
 ]  # fmt: skip
 
@@ -202,8 +202,22 @@ def test_generate_cli_end_to_end(trained_run, capsys):
     checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     tok = tokenizer_from_state(checkpoint["extra"]["data"]["tokenizer"])
     assert len(tok.encode(first.out.rstrip("\n"))) == len("ROMEO:") + 26
+    assert main([*argv, "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    assert main([*argv, "--seed", "1", "--top-k", "1"]) == 0
+    assert capsys.readouterr().out == greedy  # the likeliest token alone: greedy, whatever seed
+    # past the block size (32) the cache restarts from the last half block; nanoGPT's
+    # recomputation of the last 32 tokens sees more context: --no-cache is not ignored
+    longer = [*argv[:-1], "60", "--seed", "1", "--top-k", "10"]
+    outputs = [
+        main([*longer, *flag]) == 0 and capsys.readouterr().out for flag in ([], ["--no-cache"])
+    ]
+    same = len("ROMEO:") + 27  # contexts of 6 .. 32 tokens: the same in both ways
+    assert outputs[0][:same] == outputs[1][:same] and outputs[0] != outputs[1]
     assert main([*argv, "--top-p", "1.5"]) == 2
     assert "--top-p" in capsys.readouterr().err
+    assert main([*argv[:3], "--prompt", "ROMEO: ☃"]) == 2  # a character Shakespeare lacks
+    assert "--prompt: 1 character(s) the run's tokenizer never saw" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x"]) == 2
     assert "--weights" in capsys.readouterr().err
     assert main(["generate", "--help"]) == 0
@@ -258,3 +272,6 @@ def test_each_gpt_recipe_trains_and_reports(recipe, shared_data, tmp_path):
     assert abs(summary["parameters"] - 803_200) <= 128  # 58 characters: equal sizes, +-1 unit
     assert summary["steps_run"] == (2 if recipe == "gpt-char-2019" else 4)  # 2019 accumulates 2
     assert math.isfinite(summary["val_nll"])
+    # --eval-iters reaches the data set from the command line: nanoGPT's validation batches
+    validation = "nanoGPT: eval_iters 1, new random batches at every evaluation"
+    assert summary["data"]["validation"] == validation

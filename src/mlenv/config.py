@@ -480,6 +480,7 @@ def resolve(
 
     parser = build_parser(recipe, prog)
     argv = _underscore_flags(argv, {a.dest for a in parser._actions})
+    _flags_of_other_data_sets(argv, {a.dest for a in parser._actions}, recipe)
     argv = _bare_switches(argv, parser.mlenv_bool_flags)
     argv = _bracket_lists(argv, parser.mlenv_list_flags)
     if base:
@@ -530,6 +531,23 @@ def _underscore_flags(argv: list[str], known: set[str]) -> list[str]:
     return out
 
 
+def _flags_of_other_data_sets(argv: list[str], known: set[str], recipe: Recipe) -> None:
+    """A flag this recipe's data set lacks but another data set takes (``--eval-iters`` on
+    ``char-lm``'s char-text): say which data set takes it, not only that the key is unknown."""
+    from mlenv.data import DATASETS
+
+    for token in argv:
+        name = token[2:].partition("=")[0].replace("-", "_")
+        if not token.startswith("--") or name in known:
+            continue
+        owners = [d for d in DATASETS.names() if name in builder_arguments(DATASETS.get(d))]
+        if owners:
+            raise ConfigError(
+                f"--{name.replace('_', '-')}: a flag of the {' and '.join(owners)} data set; "
+                f"recipe {recipe.name} reads {recipe.dataset}, which cannot apply it"
+            )
+
+
 def _bare_switches(argv: list[str], bool_flags: set[str]) -> list[str]:
     """A boolean flag given alone (``--no_header``) means true."""
     out = []
@@ -568,4 +586,15 @@ def _clean_jsonargparse_message(message: str, parser: Any) -> str:
     )
     if unknown:
         return unknown_key_message(unknown.group(1) or unknown.group(2), allowed)
-    return " ".join(line.strip() for line in message.strip().splitlines())
+    joined = " ".join(line.strip() for line in message.strip().splitlines())
+    union = re.search(
+        r'Parser key "(\w+)": Does not validate against any of the Union subtypes '
+        r"Subtypes: \[((?:<class '\w+'>(?:, )?)+)\].*Given value: (.*)$",
+        joined,
+    )
+    if union:  # an optional plain flag (``int | None``): name the flag and what it takes
+        words = {"int": "an integer", "float": "a number", "str": "a string", "NoneType": "null"}
+        kinds = re.findall(r"<class '(\w+)'>", union.group(2))
+        accepts = " or ".join(words.get(k, k) for k in kinds)
+        return f"--{union.group(1).replace('_', '-')}: accepts {accepts}, got {union.group(3)!r}"
+    return joined

@@ -55,6 +55,25 @@ def check_sampling(
         raise ConfigError(f"--top-p: accepts a probability in (0, 1], got {top_p}")
 
 
+def encode_prompt(tokenizer: Any, prompt: str) -> Any:
+    """The prompt's ids (1, T). A character the run's character tokenizer never saw is a
+    one-line error naming it, also when the vocabulary holds U+FFFD (the stand-in for
+    characters only the validation text has): a prompt is never silently changed.
+
+    >>> from mlenv.data.text import CharTokenizer
+    >>> encode_prompt(CharTokenizer(list("abc")), "cab")
+    tensor([[2, 0, 1]])
+    """
+    unknown = tokenizer.unknown(prompt) if hasattr(tokenizer, "unknown") else set()
+    if unknown:
+        shown = "".join(sorted(unknown))
+        raise ConfigError(
+            f"--prompt: {len(unknown)} character(s) the run's tokenizer never saw in its "
+            f"training text: {shown!r} (its vocabulary: {tokenizer.vocab_size} characters)"
+        )
+    return tokenizer.encode(prompt)[None, :]
+
+
 def generate_text(
     weights: str,
     prompt: str,
@@ -88,7 +107,7 @@ def generate_text(
             "(a text-lm recipe such as gpt-char)"
         )
     tokenizer = tokenizer_from_state(state)
-    ids = tokenizer.encode(prompt)[None, :]  # (1, T)
+    ids = encode_prompt(tokenizer, prompt)  # (1, T)
     generator = torch.Generator().manual_seed(seed)
     new: list[int] = []
     shown = ""

@@ -2,8 +2,9 @@
 
 ``char-text``: characters, a vocabulary from the whole file, non-overlapping windows of
 ``block_size`` tokens. ``text-lm``: a character or byte-level BPE tokenizer trained on the
-training split only, and batches of blocks at random offsets, drawn per step as nanoGPT does
-(``RandomBlocks``).
+training split only, batches of blocks at random offsets drawn per step as nanoGPT does
+(``RandomBlocks``), and a fixed set of validation blocks (``FixedBlocks``) or nanoGPT's random
+validation batches (``--eval-iters``).
 
 ``read_utf8`` is also how the tabular CSV reader gets its text: a missing path, a folder, a
 binary file or a file that is not UTF-8 is a one-line ``DataError`` naming the file and where.
@@ -252,27 +253,21 @@ def tokenizer_from_state(state: dict[str, object]) -> Tokenizer:
 
 # ---------------------------------------------------------------- random blocks
 
+# Streams of the block generators: ``seed * 1_000_003 + stream + epoch`` seeds the offsets of
+# epoch ``epoch`` (training: stream 0); the fixed validation set is drawn once, with epoch 0.
+FIXED_VAL_STREAM = 7919
+NANOGPT_VAL_STREAM = 104_729
 
-class RandomBlocks(Batches):
-    """Language-model batches as nanoGPT draws them: ``steps`` batches of ``batch_size`` blocks
-    at random offsets of one token stream. Inputs (B, T), targets shifted by one (B, T).
 
-    The offsets of epoch ``e`` are a pure function of ``(seed, e)``, so a resumed run draws the
-    batches it would have drawn; with ``fixed`` they are the same every epoch (a validation set
-    that does not move between evaluations). ``batch_size`` None: the run's ``--batch-size``
-    (``make_batches`` sets it).
-    """
+class TokenBlocks(Batches):
+    """Blocks of ``block_size`` tokens of one token stream at given offsets: inputs (B, T) and
+    targets shifted by one (B, T). ``batch_size`` None: the run's ``--batch-size``
+    (``make_batches`` sets it)."""
 
     on_device = True  # the Trainer moves the token stream once; batches are sliced there
 
     def __init__(
-        self,
-        ids: torch.Tensor,
-        block_size: int,
-        steps: int,
-        batch_size: int | None = None,
-        seed: int = 0,
-        fixed: bool = False,
+        self, ids: torch.Tensor, block_size: int, batch_size: int | None = None, seed: int = 0
     ) -> None:
         if len(ids) < block_size + 1:
             raise DataError(
@@ -281,33 +276,91 @@ class RandomBlocks(Batches):
             )
         self.ids = ids
         self.block_size = block_size
-        self.steps = steps
         self.batch_size = batch_size
         self.seed = seed
-        self.fixed = fixed
         self.limit: int | None = None
         self._arange = torch.arange(block_size + 1)
+
+    def draw(self, count: tuple[int, ...], stream: int, epoch: int) -> torch.Tensor:
+        """Offsets of shape ``count``, each a start whose block and target fit the stream."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + stream + epoch)
+        high = len(self.ids) - self.block_size  # the last start whose target fits
+        return torch.randint(high, count, generator=generator)
+
+    def rows(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.ids[starts[:, None] + self._arange]  # (B, T + 1)
+        return rows[:, :-1], rows[:, 1:]
+
+    def to(self, device: torch.device) -> TokenBlocks:
+        self.ids = self.ids.to(device)
+        self._arange = self._arange.to(device)
+        return self
+
+
+class RandomBlocks(TokenBlocks):
+    """Language-model batches as nanoGPT draws them: ``steps`` batches of ``batch_size`` blocks
+    at random offsets, drawn afresh every epoch.
+
+    The offsets of epoch ``e`` are a pure function of ``(seed, stream, e)``, so a resumed run
+    draws the batches it would have drawn. Training uses stream 0; nanoGPT's validation
+    (``--eval-iters``) uses ``NANOGPT_VAL_STREAM``, so evaluation ``e`` draws new batches that
+    are the same in every run of that seed.
+    """
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        block_size: int,
+        steps: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+        stream: int = 0,
+    ) -> None:
+        super().__init__(ids, block_size, batch_size, seed)
+        self.steps = steps
+        self.stream = stream
 
     def __len__(self) -> int:
         return min(self.steps, self.limit) if self.limit is not None else self.steps
 
     def offsets(self, epoch: int) -> torch.Tensor:  # (steps, B): start of every block
-        generator = torch.Generator().manual_seed(
-            self.seed * 1_000_003 + (0 if self.fixed else epoch) + (7919 if self.fixed else 0)
-        )
-        high = len(self.ids) - self.block_size  # the last start whose target fits
-        return torch.randint(high, (self.steps, self.batch_size or 1), generator=generator)
+        return self.draw((self.steps, self.batch_size or 1), self.stream, epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         starts = self.offsets(self.epoch).to(self.ids.device)
         for i in range(self.start, len(self)):
-            rows = self.ids[starts[i, :, None] + self._arange]  # (B, T + 1)
-            yield rows[:, :-1], rows[:, 1:]
+            yield self.rows(starts[i])
 
-    def to(self, device: torch.device) -> RandomBlocks:
-        self.ids = self.ids.to(device)
-        self._arange = self._arange.to(device)
-        return self
+
+class FixedBlocks(TokenBlocks):
+    """``blocks`` blocks at random offsets drawn once (stream ``FIXED_VAL_STREAM``): a
+    validation set that does not move between evaluations and does not depend on the batch
+    size, so runs with other ``--batch-size`` values are measured on the same blocks. Batched
+    by ``batch_size`` in their drawn order; the last batch holds the remainder."""
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        block_size: int,
+        blocks: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(ids, block_size, batch_size, seed)
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        count = -(-self.blocks // (self.batch_size or self.blocks))
+        return min(count, self.limit) if self.limit is not None else count
+
+    def offsets(self) -> torch.Tensor:  # (blocks,)
+        return self.draw((self.blocks,), FIXED_VAL_STREAM, 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        starts = self.offsets().to(self.ids.device)
+        size = self.batch_size or self.blocks
+        for i in range(self.start, len(self)):
+            yield self.rows(starts[i * size : (i + 1) * size])
 
 
 def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:
@@ -326,15 +379,21 @@ def text_lm(
     block_size: int = 64,
     val_fraction: float = 0.1,
     eval_interval: int = 100,
-    eval_iters: int = 20,
+    val_blocks: int = 240,
+    eval_iters: int | None = None,
     max_chars: int = 0,
     seed: int = 0,
 ) -> DataBundle:
     """A UTF-8 text file for language modelling: the first ``1 - val_fraction`` of it trains
     (the tokenizer, char or byte-level BPE, is trained on that part only), the tail validates.
-    An epoch is ``eval_interval`` random batches; validation is ``eval_iters`` random batches,
-    the same ones every epoch. So ``--epochs E`` trains E * eval_interval steps (nanoGPT's
-    max_iters), evaluating every eval_interval steps."""
+    An epoch is ``eval_interval`` random batches, so ``--epochs E`` trains E * eval_interval
+    steps (nanoGPT's max_iters), evaluating every eval_interval steps.
+
+    Validation is ``val_blocks`` blocks at random offsets of the tail, drawn once: the same at
+    every evaluation and whatever the ``--batch-size``. With ``eval_iters`` N it is nanoGPT's
+    estimate instead: N batches of ``--batch-size`` random blocks, drawn anew at every
+    evaluation, evaluation e (0: after the first epoch) from a generator seeded with
+    ``seed * 1_000_003 + 104_729 + e`` (``NANOGPT_VAL_STREAM``)."""
     if tokenizer not in ("char", "bpe"):
         raise ConfigError(f"--tokenizer: accepts char or bpe, got {tokenizer!r}")
     if block_size < 1:
@@ -344,9 +403,14 @@ def text_lm(
             f"--vocab-size: accepts an integer >= 257 with --tokenizer bpe (256 byte tokens "
             f"come first), got {vocab_size}"
         )
-    for flag, value in (("--eval-interval", eval_interval), ("--eval-iters", eval_iters)):
+    for flag, value in (("--eval-interval", eval_interval), ("--val-blocks", val_blocks)):
         if value < 1:
             raise ConfigError(f"{flag}: accepts an integer >= 1, got {value}")
+    if eval_iters is not None and eval_iters < 1:
+        raise ConfigError(
+            f"--eval-iters: accepts an integer >= 1 (nanoGPT's random validation batches per "
+            f"evaluation; unset: the {val_blocks} fixed --val-blocks), got {eval_iters}"
+        )
     file, text = read_text_file("text-lm", path, max_chars, val_fraction)
     if max_chars:
         text = text[:max_chars]
@@ -369,7 +433,9 @@ def text_lm(
             )
     return DataBundle(
         train=RandomBlocks(train_ids, block_size, eval_interval, seed=seed),
-        val=RandomBlocks(val_ids, block_size, eval_iters, seed=seed, fixed=True),
+        val=FixedBlocks(val_ids, block_size, val_blocks, seed=seed)
+        if eval_iters is None
+        else RandomBlocks(val_ids, block_size, eval_iters, seed=seed, stream=NANOGPT_VAL_STREAM),
         model_kwargs={"vocab_size": tok.vocab_size, "block_size": block_size},
         info={
             "name": file.name,
@@ -377,6 +443,9 @@ def text_lm(
             "vocab_size": tok.vocab_size,
             "train_tokens": len(train_ids),
             "val_tokens": len(val_ids),
+            "validation": f"{val_blocks} fixed blocks"
+            if eval_iters is None
+            else f"nanoGPT: eval_iters {eval_iters}, new random batches at every evaluation",
             "chars_per_token": round(len(text) / (len(train_ids) + len(val_ids)), 4),
             "unigram_val_loss": round(unigram_loss(train_ids, val_ids, tok.vocab_size), 4),
         },

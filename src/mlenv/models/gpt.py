@@ -179,6 +179,33 @@ class GPT(BaseModel):
             yield token
 
 
+def next_token_probs(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution ``sample_next`` draws from, (B, V) for ``logits`` (B, V) and a
+    temperature > 0: the softmax of logits / temperature, restricted to the ``top_k``
+    likeliest tokens and to the smallest set whose probability reaches ``top_p``, renormalised.
+    The temperature comes first, so top-p's set is chosen on the tempered distribution.
+
+    >>> next_token_probs(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), top_k=2)  # 1 / (1 + e^-1)
+    tensor([[0.7311, 0.2689, 0.0000, 0.0000]])
+    """
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # mass before it already >= p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits.softmax(dim=-1)
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -186,22 +213,11 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token per row of ``logits`` (B, V): greedy at temperature 0, else sampled from the
-    softmax of logits / temperature restricted to the ``top_k`` likeliest tokens and to the
-    smallest set whose probability reaches ``top_p``."""
+    """One token per row of ``logits`` (B, V): greedy at temperature 0, else drawn from
+    ``next_token_probs`` with ``generator``."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # mass before it already >= p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
