@@ -96,6 +96,10 @@ def test_step05_em_as_the_book(tmp_path, capsys, shared_data):
     np.testing.assert_allclose(reference.means_, results["mus"], atol=1e-2)
     kl = results["kl"]
     assert kl["monte_carlo"] == pytest.approx(kl["closed_form"], abs=5e-3)
+    # the book's kl.py prints 0.02160085414354654, 0.5826853020432394 and 0.0
+    book = [pair["kl"] for pair in kl["book_discrete"]]
+    assert book == pytest.approx([0.02160085414354654, 0.5826853020432394, 0.0], abs=1e-15)
+    assert "KL([0.7, 0.3] || [0.2, 0.8]) = 0.58268530204323" in printed
 
 
 def test_book_data_download_from_a_url_with_checksum(tmp_path, shared_data, monkeypatch):

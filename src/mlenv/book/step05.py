@@ -73,6 +73,19 @@ def em(xs: np.ndarray) -> dict[str, Any]:
     }
 
 
+# the book's kl.py: KL(p || q) of two-outcome distributions, p = (0.7, 0.3) against three q's
+BOOK_KL_PAIRS = (((0.7, 0.3), (0.6, 0.4)), ((0.7, 0.3), (0.2, 0.8)), ((0.7, 0.3), (0.7, 0.3)))
+
+
+def kl_discrete(p: tuple[float, ...], q: tuple[float, ...]) -> float:
+    """KL(p || q) = sum_i p_i log(p_i / q_i) of two discrete distributions (nats).
+
+    >>> round(kl_discrete((0.7, 0.3), (0.6, 0.4)), 6)
+    0.021601
+    """
+    return float(sum(pi * np.log(pi / qi) for pi, qi in zip(p, q, strict=True) if pi > 0))
+
+
 def kl_demo(seed: int = 0) -> dict[str, float]:
     p, q = (0.0, 1.0), (1.0, 2.0)  # (mu, sigma) of p and q
     x = NormalMLE(*p).sample(1_000_000, random_state=seed)
@@ -83,6 +96,9 @@ def kl_demo(seed: int = 0) -> dict[str, float]:
         "closed_form": kl_normal(*p, *q),
         "monte_carlo": monte_carlo,
         "samples": 1_000_000,
+        "book_discrete": [
+            {"p": list(p), "q": list(q), "kl": kl_discrete(p, q)} for p, q in BOOK_KL_PAIRS
+        ],
     }
 
 
@@ -124,4 +140,6 @@ def run(out: Path, data: str | None = None) -> dict[str, Any]:
         f"KL(N(0,1) || N(1,2^2)): closed form {kl['closed_form']:.6f}, "
         f"Monte Carlo {kl['monte_carlo']:.6f}"
     )
+    for pair in kl["book_discrete"]:
+        print(f"KL({pair['p']} || {pair['q']}) = {pair['kl']}")  # the book's kl.py, unrounded
     return results
