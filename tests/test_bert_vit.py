@@ -156,6 +156,26 @@ def test_masked_lm_epoch_means_are_over_all_masked_tokens(shakespeare):
     right = (logits.argmax(-1) == tokens[chosen]).float().mean().item()
     assert got["test_acc"] == pytest.approx(right, rel=1e-6)
 
+    class FixedMasks(MaskedLMTask):  # training masked as evaluation is: the same tokens
+        def masks(self, tokens, training):
+            return super().masks(tokens, training=False)
+
+    # the training epoch's means too (a step of lr 1e-12 leaves the weights as they are)
+    trainer = Trainer(
+        model=model,
+        task=FixedMasks(),
+        batch_size=3,
+        lr=1e-12,
+        optimizer="sgd",
+        epochs=1,
+        threads=1,
+        progress=False,
+    )
+    trainer.fit((tokens,))
+    (row,) = trainer.history
+    assert row["train_loss"] == pytest.approx(got["test_loss"], rel=1e-5)
+    assert row["train_acc"] == pytest.approx(right, rel=1e-6)
+
 
 def test_masked_lm_refuses_a_model_without_a_mask_token_and_a_bad_rate():
     with pytest.raises(ConfigError, match="no \\[MASK\\] token"):
