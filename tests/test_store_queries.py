@@ -149,7 +149,10 @@ def test_a_prefix_needs_six_characters(tmp_path):
     finished(store, "abcdxx-2", {})
     assert store.run("abcdef")["id"] == "abcdef-1"  # exactly MIN_PREFIX characters
     assert store.run("abcde") is None and store.run("abcd") is None
-    assert [r["id"] for r in store.runs()] == ["abcdef-1", "abcdxx-2"]  # by start, then id
+    with store.transaction() as db:  # started in this order: abcdxx-2 first
+        db.execute("UPDATE runs SET start = '2026-12-01T10:00:00' WHERE id = 'abcdxx-2'")
+        db.execute("UPDATE runs SET start = '2026-12-01T11:00:00' WHERE id = 'abcdef-1'")
+    assert [r["id"] for r in store.runs()] == ["abcdxx-2", "abcdef-1"]  # oldest first
 
 
 def test_an_old_store_with_duplicate_rows_keeps_the_newest_of_each(tmp_path):
