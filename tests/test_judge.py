@@ -175,3 +175,20 @@ def test_simple_cnn_shapes():
     assert model.head[1].in_features == 8 * 4 * 4  # three blocks: 32 -> 16 -> 8 -> 4
     with pytest.raises(ConfigError, match=r"expects images \(B, 3, 32, 32\)"):
         model(torch.zeros(2, 3 * 32 * 32))
+
+
+def test_a_judge_trains_on_a_machine_without_the_cache_folder(tmp_path, mnist_root, monkeypatch):
+    """A new machine has no ~/.cache/mlenv: training the judge makes its own cache folder (it
+    stopped with "--runs-dir: the folder .../judges does not exist") and saves the judge there."""
+    from conftest import BRIEF_JUDGE
+
+    from mlenv.book.judge import train_judge
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("MLENV_CACHE", str(tmp_path / "new-machine" / "cache"))
+    monkeypatch.delenv("MLENV_JUDGE", raising=False)
+    options = BookOptions(device="cpu", data_dir=str(mnist_root), threads=1)
+    assert not (tmp_path / "new-machine").exists()
+    record = train_judge(options, None, **{**BRIEF_JUDGE, "limit": 500, "epochs": 1})
+    assert judge_path().is_file() and judge_path().is_relative_to(tmp_path / "new-machine")
+    assert record_path(judge_path()).is_file() and record["model"] == "simple-cnn"

@@ -221,6 +221,8 @@ def train_judge(
     judges folder) and save it as the judge at ``path``. The recipe's epochs and all of its
     digits are used whatever the step's ``--epochs``/``--limit``; ``values`` override recipe
     fields (tests train a brief judge this way). Returns the judge's record."""
+    # the judges folder is mlenv's own cache: made here (on a new machine it is not there yet)
+    judges_dir().mkdir(parents=True, exist_ok=True)
     runs = options.runs_dir or str(judges_dir() / "runs")
     judge_options = dataclasses.replace(options, epochs=None, limit=None, runs_dir=runs)
     result, _ = train_recipe(JUDGE_RECIPE, judges_dir(), judge_options, **values)
