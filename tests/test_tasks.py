@@ -206,6 +206,13 @@ def test_binary_metrics_and_report_use_the_threshold(tmp_path):
     assert extra["baseline_logreg_test_acc"] == 0.0
     assert extra["baseline_hgb_test_acc"] == 0.0
     assert (run.plots / "confusion_matrix.png").is_file()
+    # labelled as on the training rows: the baselines are right everywhere, the model at 0.7
+    # misses x = 0.6 (5 of 6), and the warning says so
+    bundle.test = (x_test, (x_test[:, 0] > 0.5).float())
+    bundle.train = (x_train, (x_train[:, 0] > 0.5).float())
+    extra = task.report(trainer, bundle, None)
+    assert extra["baseline_logreg_test_acc"] == 1.0
+    assert "test accuracy, the model 0.8333" in extra["baseline_warning"]
 
 
 # ---------------------------------------------------------------- regression
