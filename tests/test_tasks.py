@@ -291,3 +291,11 @@ def test_vae_and_hvae_predict_the_mean_image_sigmoid_of_the_logits():
             (HVAETask(), hvae, hvae(x).logits),
         ):
             assert torch.allclose(task.inference(model, (x,)), 1 / (1 + torch.exp(-logits)))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5, float("nan")])
+def test_binary_threshold_must_be_a_probability_strictly_inside(threshold):
+    from mlenv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"threshold: accepts a probability in \(0, 1\), got"):
+        BinaryTask(threshold=threshold)
