@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mlenv.models import create_model
+from mlenv.models.gpt import count_parameters
 from mlenv.models.transformer import Block, SinusoidalPositions
 
 SMALL = {"vocab_size": 23, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -81,6 +82,23 @@ def test_the_tied_head_is_the_token_embedding(variant, tied):
     # tied: every row is an output weight and gets a gradient; untied: only token 0 does
     assert bool(unused_rows.abs().sum(-1).gt(0).all()) == tied
     assert bool(unused_rows.eq(0).all()) != tied
+
+
+@pytest.mark.parametrize("variant", ["2017", "2019", "2020"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_closed_form_parameter_count_is_the_models(variant, bias):
+    # match_params balances the variants with count_parameters: it must count what is built
+    model = create_model("gpt", variant=variant, bias=bias, **SMALL)
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+def test_embedding_dropout_before_the_first_block():
+    model = create_model("gpt", seed=0, dropout=0.5, **SMALL).train()
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(torch.randint(0, 23, (8, 16), generator=torch.Generator().manual_seed(0)))
+    dropped = seen[0].eq(0).double().mean().item()  # 8 x 16 x 32 values, half of them dropped
+    assert dropped == pytest.approx(0.5, abs=0.03)
 
 
 def test_dropout_acts_in_training_only():
