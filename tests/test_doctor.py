@@ -389,19 +389,25 @@ def test_language_model_checks(shared_data):
 def test_doctor_command_on_the_outlier_data(files, tmp_path, capsys):
     out = tmp_path / "doctor"
     argv = ["doctor", "tabular-binary", "--data", str(files["outliers"]), "--no-header"]
-    code = main(
-        [*argv, "--checks", "data,initial-loss,gradients", "--threads", "1", "--out", str(out)]
-    )
+    checks = ["--checks", "data,initial-loss,gradients,overfit", "--overfit-steps", "5"]
+    code = main([*argv, *checks, "--threads", "1", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 1, printed  # a check failed
     assert "[fail] scaling: outliers dominate the standard scaling" in printed
     assert "fix: --scaler robust" in printed
     assert "[ok] initial loss" in printed
     report = json.loads((out / "doctor.json").read_text())
-    assert {v["check"]: v["status"] for v in report["verdicts"]}["scaling"] == "fail"
+    verdicts = {v["check"]: v for v in report["verdicts"]}
+    assert verdicts["scaling"]["status"] == "fail"
+    assert verdicts["overfit one batch"]["figures"]["steps"] == 5  # --overfit-steps reaches it
     assert (out / "gradient_flow.png").is_file()
     code = main([*argv, "--scaler", "robust", "--checks", "data", "--out", str(out), "--force"])
     assert code == 0 and "[ok] scaling" in capsys.readouterr().out
+    # the exit status counts every verdict, the first one too (leakage, on the leaking file)
+    leaking = ["doctor", "tabular-binary", "--data", str(files["leaking"]), "--no-header"]
+    code = main([*leaking, "--checks", "data", "--out", str(out), "--force"])
+    printed = capsys.readouterr().out
+    assert code == 1 and printed.startswith("[fail] leakage"), printed
 
 
 def test_doctor_on_a_finished_run(outlier_run, tmp_path, capsys):

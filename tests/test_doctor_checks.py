@@ -286,8 +286,10 @@ def test_overfit_under_label_smoothing_still_fails_a_model_that_cannot_learn(mni
 def test_the_checks_leave_the_callers_model_as_it_was(gaussian):
     model = TwoLayer()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    verdict = check_overfit_batch(probe_on(model, BinaryTask(), gaussian, lr=0.05), steps=50)
-    assert verdict.figures["last_loss"] < verdict.figures["first_loss"]
+    probe = probe_on(model, BinaryTask(), gaussian, lr=1e-6)
+    verdict = check_overfit_batch(probe, steps=50, lr=0.05)  # the lr given, not the config's
+    assert verdict.figures["lr"] == 0.05 and "lr 0.05:" in verdict.evidence
+    assert verdict.figures["last_loss"] < verdict.figures["first_loss"] / 2
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
