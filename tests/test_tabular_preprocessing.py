@@ -110,3 +110,12 @@ def test_the_leakage_warning_counts_against_the_test_rows(tmp_path: Path) -> Non
     assert warning is not None and "1 of 20 test rows repeat a training row" in warning
     clean = TabularSplit(table, np.arange(2, 80), np.arange(0), test, zeros, zeros, ones)
     assert clean.scaling_warning() is None or "repeat" not in clean.scaling_warning()
+
+
+def test_a_header_of_positions_from_1_is_a_header(tmp_path: Path) -> None:
+    """1,2,3 (R's and spreadsheets' column numbers) names the columns, as 0,1,2 does."""
+    # each name is also a value of its column below (1, 2 and the label 3): only the
+    # positions tell it from a data row
+    lines = [f"{i},{i * 7 % 11},{3 + i % 2}" for i in range(10)]
+    table = read_table(write(tmp_path, lines, header="1,2,3"))
+    assert table.columns == ["1", "2"] and table.target == "3" and len(table.labels) == 10
