@@ -72,6 +72,9 @@ def test_a_run_folder_is_two_markers_and_is_refused_through_a_link(ws):
         check_output_file(ws / "alias" / "preds.csv", force=True)
     with pytest.raises(OutputError, match="inside the run folder"):
         check_output_dir(ws / "alias", force=True)
+    os.symlink(run / "summary.json", ws / "summary-link.json")  # a file's link into a run
+    with pytest.raises(OutputError, match="inside the run folder"):
+        check_output_file(ws / "summary-link.json", force=True)
 
 
 def test_missing_folders_are_made_below_the_current_one_or_with_mkdir(ws, tmp_path):
