@@ -294,6 +294,25 @@ def test_the_checks_leave_the_callers_model_as_it_was(gaussian):
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize(
+    ("lr", "steps", "status", "words"),
+    [
+        (1.0, 5, "ok", "in 1 steps (near 0 means below 0.1)"),
+        (2.5, 2, "fail", "loss 1 -> 2.25 in 1 steps (near 0 means below 0.1); the loss rose"),
+        (3.2, 3, "fail", "the loss jumped to 4.84 on the way"),
+    ],
+)
+def test_overfit_tells_a_rising_or_jumping_loss_from_a_bug(lr, steps, status, words):
+    """loss = w^2 from w = 1 under Adam: its first step moves w by exactly lr (m / sqrt(v) = 1),
+    so lr 1 lands on 0 (ok), lr 2.5 on -1.5 (loss 2.25 > 1: rose) and lr 3.2 on -2.2 (4.84 > 4x
+    the start) before coming back to 0.844 below the start (jumped): the lr, not a bug."""
+    data = (torch.ones(16, 1), torch.zeros(16, 1))
+    verdict = check_overfit_batch(probe_on(Scalar(), Task(nn.MSELoss()), data, lr, 16), steps)
+    assert verdict.status == status and words in verdict.evidence, verdict.evidence
+    if status == "fail":
+        assert "lower the learning rate" in verdict.fix
+
+
 # -- the LR range test on a case whose answer is known ------------------------------------------
 
 
