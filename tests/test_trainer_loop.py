@@ -504,3 +504,25 @@ def test_early_stopping_state_round_trips_its_bad_epochs():
     second = EarlyStopping(patience=2, mode="min")
     second.load_state_dict(first.state_dict())
     assert second.update(1.2) == "no improvement in val_loss for 2 epochs (best 1 at epoch 1)"
+
+
+def test_divergence_threshold_reads_the_training_loss_only():
+    # validation targets 100x larger: a val loss near 1e4, far above the threshold, which no
+    # training batch (losses of a few units) reaches, so the run completes
+    x, y = make_data()
+    xv, yv = make_data(rows=10, seed=1)
+    config = TrainConfig(epochs=2, batch_size=8, divergence_threshold=100.0, **QUIET)
+    result = Regression(config, model=make_model()).fit((x, y), (xv, 100 * yv))
+    assert result.history[-1]["val_loss"] > 1000
+    assert result.stop_reason == "completed 2 epochs"
+
+
+def test_early_stopping_in_max_mode_needs_a_rise_above_min_delta():
+    from mlenv.train.callbacks import EarlyStopping
+
+    stopper = EarlyStopping(patience=1, mode="max", min_delta=0.05, monitor="val_acc")
+    # 0.54 is higher than 0.5 but not by more than 0.05: no improvement, and patience 1 stops
+    assert [stopper.update(v) for v in (0.5, 0.54)] == [
+        None,
+        "no improvement in val_acc for 1 epochs (best 0.5 at epoch 1)",
+    ]
