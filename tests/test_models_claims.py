@@ -78,6 +78,15 @@ def test_hvae_prior_of_z1_is_decoded_from_z2_and_eval_uses_the_means():
     torch.testing.assert_close(out.mu2, mu2)
     torch.testing.assert_close(out.z1_prior_mean, model.decoder2(mu2))
     torch.testing.assert_close(out.logits, model.decoder1(mu1))
+    # while training, q(z2 | z1) and p(x | z1) see the same sampled z1, not its mean
+    seen = {}
+    for name in ("encoder2", "decoder1"):
+        getattr(model, name).register_forward_hook(
+            lambda _m, inputs, _o, name=name: seen.__setitem__(name, inputs[0])
+        )
+    out = model.train()(x)
+    assert torch.equal(seen["encoder2"], seen["decoder1"])
+    assert not torch.allclose(seen["decoder1"], out.mu1)
 
 
 def test_samples_are_ancestral_draws_through_the_sigmoid():
