@@ -350,6 +350,19 @@ def test_lr_range_test_on_a_quadratic():
     assert check_learning_rate(result, result.suggestion * 9).status == "ok"
 
 
+def test_lr_range_test_that_starts_past_the_blow_up():
+    """loss = 2 w^2 (a = 4) under SGD from lr 1 (lr a >= 4 > 2): the loss grows 9-fold or more
+    from the first step, so there is no fall; the sweep stops at its third step and suggests a
+    tenth of the lr of its lowest loss, the start."""
+    x = torch.full((16, 1), math.sqrt(2.0))
+    data = (x, torch.zeros(16, 1))
+    probe = probe_on(Scalar(), Task(nn.MSELoss()), data, 1.0, 16, optimizer="sgd", momentum=0.0)
+    result = lr_range_test(probe, data, 1.0, 10.0, 10)
+    assert len(result.lrs) == 3 and "passed 4x its minimum" in result.stop_reason
+    assert result.losses[1] == pytest.approx(9 * result.losses[0], rel=1e-5)
+    assert result.min_loss_lr == 1.0 and result.suggestion == pytest.approx(0.1)
+
+
 # -- data thresholds ----------------------------------------------------------------------------
 
 
