@@ -410,6 +410,22 @@ def test_imbalance_thresholds(rare, status):
         assert f"{1000 / (1000 + rare):.3f}" in verdict.fix  # the majority-class accuracy
 
 
+def test_data_verdicts_judge_the_test_split_and_fall_back_to_validation():
+    """Validation rows that repeat training rows are what early stopping sees; the leakage
+    verdict is about the test split when there is one, and about validation only without it."""
+    from mlenv.data import DataBundle
+    from mlenv.doctor.data_checks import data_verdicts
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 4, generator=g), torch.arange(300) % 2
+    train, leaking_val = (x[:200], y[:200]), (x[:50], y[:50])
+    clean_test = (x[200:], y[200:])
+    with_test = data_verdicts(DataBundle(train=train, val=leaking_val, test=clean_test))
+    assert with_test[0].check == "leakage" and with_test[0].status == "ok", with_test[0].evidence
+    without = data_verdicts(DataBundle(train=train, val=leaking_val))
+    assert without[0].status == "fail" and "50 of 50 validation rows" in without[0].evidence
+
+
 # -- run verdicts -------------------------------------------------------------------------------
 
 
