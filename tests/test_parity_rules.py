@@ -100,3 +100,25 @@ def test_within_tolerance_missing_nan_and_a_shape_mismatch(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert failure(compare(a, empty), empty).startswith(f"no tensor compared: {empty}")
+
+
+def test_activations_keep_each_leaf_modules_first_call_in_execution_order():
+    import torch
+    from torch import nn
+
+    from mlenv.export.golden import capture_activations
+
+    class Twice(nn.Module):  # one ReLU module used twice: its first output is the golden one
+        def __init__(self):
+            super().__init__()
+            self.second, self.act, self.first = nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.act(self.second(self.act(self.first(x))))
+
+    model = Twice()
+    x = torch.tensor([[1.0, -2.0]])
+    order, outputs, result = capture_activations(model, lambda: model(x))
+    assert order == ["first", "act", "second"]
+    torch.testing.assert_close(outputs["act"], torch.relu(model.first(x)))
+    torch.testing.assert_close(result, torch.relu(model.second(torch.relu(model.first(x)))))
