@@ -181,7 +181,6 @@ def test_a_judge_trains_on_a_machine_without_the_cache_folder(tmp_path, mnist_ro
     """A new machine has no ~/.cache/mlenv: training the judge makes its own cache folder (it
     stopped with "--runs-dir: the folder .../judges does not exist") and saves the judge there."""
     from conftest import BRIEF_JUDGE
-
     from mlenv.book.judge import train_judge
 
     torch.set_num_threads(1)
