@@ -198,3 +198,34 @@ def test_step10_refuses_a_missing_judge_or_guidance_before_training(
     for bad in ("nan", "inf", "-1"):
         assert main(["book", "step10", "--guidance", bad, "--out", str(tmp_path / bad)]) == 2
         assert "--guidance: accepts a scale >= 0" in capsys.readouterr().err
+
+
+def test_step09_draws_pictures_in_zero_one_from_either_data_range():
+    """draw_samples hands out [0, 1] pixels whatever range the network samples in: the [-1, 1]
+    form's raw samples (negative here) mapped by (x + 1) / 2, the book's [0, 1] ones as they are;
+    the trajectory too."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from mlenv.models.diffusion import sample
+
+    class Zero(nn.Module):
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    loaded = SimpleNamespace(
+        model=Zero(), config=SimpleNamespace(train=SimpleNamespace(precision="32"))
+    )
+    options = BookOptions(device="cpu", seed=3)
+    for data_range in ((-1.0, 1.0), (0.0, 1.0)):
+        scheduler = DDIMScheduler(data_range=data_range)
+        scheduler.set_timesteps(2)
+        first = scheduler.timesteps[0]
+        images, path, _ = step09.draw_samples(loaded, scheduler, options, count=4, keep={first})
+        raw = sample(Zero(), scheduler, (4, 1, 28, 28), generator=torch.Generator().manual_seed(3))
+        low, high = data_range
+        assert torch.allclose(images, ((raw - low) / (high - low)).clamp(0, 1))
+        assert images.min() >= 0.0 and images.max() <= 1.0 and path[first].min() >= 0.0
+        if low < 0:
+            assert raw.min() < -0.5  # the mapping mattered

@@ -374,6 +374,13 @@ def test_book_numbering_tells_the_network_t_plus_one_in_training_and_sampling(di
     told = [t for t, _ in oracle.seen]  # what BookOracle passed on: told - 1
     assert told == list(range(999, -1, -1))
     assert torch.allclose(images, x0, atol=1e-4)
+    # DDIM made from the book's scheduler keeps its numbering: 7 steps land on x_0 too
+    oracle = BookOracle(x0)
+    ddim = DDIMScheduler.from_scheduler(DDPMScheduler(first_step=1))
+    ddim.set_timesteps(7)
+    images = sample(oracle, ddim, tuple(x0.shape), generator=torch.Generator().manual_seed(0))
+    assert [t for t, _ in oracle.seen] == ddim.timesteps
+    assert torch.allclose(images, x0, atol=1e-4)
     with pytest.raises(ConfigError, match=r"--first_step: accepts 0 or 1, got 2"):
         DiffusionTask(first_step=2)
 
