@@ -63,3 +63,20 @@ def brief_judge(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> t
     )
     path = folder / "mnist-cnn.safetensors"
     return path, train_judge(options, path, **BRIEF_JUDGE)
+
+
+class StopAfterBatch:
+    """A Trainer mixin for resume tests: records the global step of every optimizer step
+    (``steps_taken``) and stops, as SIGTERM would, after the batch ``stop_at = (epoch,
+    batch_in_epoch)`` was trained. ``class Recording(StopAfterBatch, Trainer)``."""
+
+    stop_at: tuple[int, int] | None = None
+
+    def after_optimizer_step(self) -> None:
+        self.steps_taken = [*getattr(self, "steps_taken", []), self.global_step]
+        super().after_optimizer_step()
+
+    def batch_metrics(self, predictions, batch):
+        if self.stop_at == (self.epoch, self.batch_in_epoch + 1):
+            self._stop.signal_name = "SIGTERM"
+        return super().batch_metrics(predictions, batch)

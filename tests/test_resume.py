@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import StopAfterBatch
 from mlenv.config import TrainConfig
 from mlenv.data import DATASETS
 from mlenv.models import create_model
@@ -32,20 +33,9 @@ def digits():
     return DATASETS.create("digits", seed=0)
 
 
-class Recording(Trainer):
+class Recording(StopAfterBatch, Trainer):
     """Records the global step of every optimizer step; stops (as SIGTERM would) after the
     batch ``stop_at = (epoch, batch_in_epoch)`` was trained."""
-
-    stop_at: tuple[int, int] | None = None
-
-    def after_optimizer_step(self) -> None:
-        self.steps_taken = [*getattr(self, "steps_taken", []), self.global_step]
-        super().after_optimizer_step()
-
-    def batch_metrics(self, predictions, batch):
-        if self.stop_at == (self.epoch, self.batch_in_epoch + 1):
-            self._stop.signal_name = "SIGTERM"
-        return super().batch_metrics(predictions, batch)
 
 
 def make_trainer(run_dir, model_seed, **overrides) -> Recording:

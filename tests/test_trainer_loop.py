@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from conftest import StopAfterBatch
 from mlenv import TrainConfig, Trainer
 from mlenv.data.batching import epoch_permutation
 from mlenv.errors import ConfigError, TrainingError
@@ -330,20 +331,9 @@ def test_a_nonfinite_named_term_is_named_with_its_step():
 # Resume: every piece of the loop's state round-trips
 
 
-class Stopping(Regression):
+class Stopping(StopAfterBatch, Regression):
     """Stops as SIGTERM would after batch ``stop_at = (epoch, batch_in_epoch)``; records the
     global step of every optimizer step and counts the steps the optimizer really took."""
-
-    stop_at: tuple[int, int] | None = None
-
-    def after_optimizer_step(self):
-        self.steps_taken = [*getattr(self, "steps_taken", []), self.global_step]
-        super().after_optimizer_step()
-
-    def batch_metrics(self, predictions, batch):
-        if self.stop_at == (self.epoch, self.batch_in_epoch + 1):
-            self._stop.signal_name = "SIGTERM"
-        return super().batch_metrics(predictions, batch)
 
 
 def resumable(run_dir: Path, model_seed: int, **overrides) -> Stopping:
